@@ -1,0 +1,22 @@
+"""Training objectives. Each turns a tokenized example into model rows (see `base`)."""
+
+from .autoregressive import AR, ARReverse
+from .base import IGNORE, Objective, Row, SpecialTokens, example_generator
+from .masked import MLM, MLMU
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (AR, ARReverse, MLM, MLMU)}
+
+# How each objective's model is decoded at evaluation time unless the recipe says otherwise.
+DEFAULT_DECODING = {"ar": "causal", "ar_reverse": "causal", "mlm": "masked", "mlm_u": "masked"}
+
+
+def build_objective(name: str, **options) -> Objective:
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](**options)
+
+
+__all__ = [
+    "AR", "ARReverse", "MLM", "MLMU", "IGNORE", "Objective", "Row", "SpecialTokens",
+    "OBJECTIVES", "DEFAULT_DECODING", "build_objective", "example_generator",
+]

@@ -1,0 +1,109 @@
+"""What every objective shares: the tokenized example it reads, the row it writes.
+
+An *example* is a tokenized training sequence::
+
+    {"input_ids": [bos, p1, ..., pP, a1, ..., aA, eos], "prompt_length": 1 + P}
+
+`prompt_length` counts the leading tokens that form the prompt (0 when the example is plain text).
+An objective turns one example into one or more *rows*, the unit the model sees:
+
+    input_ids  [L]  what is fed to the model (masked objectives replace some tokens by the mask token)
+    labels     [L]  labels[i] is the token that the logits at position i must predict, or IGNORE.
+                    Labels are stored *already aligned* with the logits: for next-token prediction
+                    labels[i] = x[i+1]; for a masked model labels[i] = x[i] where i is masked.
+                    The trainer therefore never shifts anything.
+    weights    [L]  the weight w_i of position i's cross-entropy (0 where labels[i] is IGNORE)
+    causal     bool the attention kind: causal (query i sees keys j <= i) or bidirectional
+    hidden     [L]  bidirectional rows only: positions that may not be attention keys (masked tokens)
+
+The loss of a batch is the weighted mean  sum_i w_i * CE(logits_i, labels_i) / sum_i w_i  taken over the
+whole optimizer step (all micro-batches of gradient accumulation and all processes), see `mft.trainer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class Row:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    weights: torch.Tensor
+    causal: bool
+    hidden: torch.Tensor | None = None  # bool [L], True = never an attention key
+
+    def __len__(self) -> int:
+        return self.input_ids.numel()
+
+
+@dataclass
+class SpecialTokens:
+    """The token ids an objective needs to know about, taken from the tokenizer."""
+
+    mask_token_id: int | None = None
+    # Ids that are never masked nor reversed (BOS, PAD, chat markers...). EOS is *not* among them:
+    # a masked model must learn to predict the end of a sequence.
+    fixed_ids: frozenset[int] = frozenset()
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "SpecialTokens":
+        specials = set(getattr(tokenizer, "all_special_ids", []) or [])
+        specials.discard(tokenizer.eos_token_id)
+        return cls(
+            mask_token_id=tokenizer.mask_token_id,
+            fixed_ids=frozenset(specials),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+
+
+def example_generator(seed: int, *keys: int) -> torch.Generator:
+    """A generator whose stream depends only on (seed, *keys), e.g. (seed, epoch, example index).
+
+    Drawing each example's randomness from its own generator makes masks independent of batch
+    composition, worker count, process rank and resumption: the same example in the same epoch
+    always gets the same mask, and a new epoch gets a new one.
+    """
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, *[k & 0xFFFFFFFF for k in keys]]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class Objective:
+    """Base class. Subclasses are dataclasses whose fields are the recipe's `objective:` options."""
+
+    name: ClassVar[str]
+    needs_mask_token: ClassVar[bool] = False
+
+    def setup(self, special: SpecialTokens) -> None:
+        if self.needs_mask_token and special.mask_token_id is None:
+            raise ValueError(f"objective {self.name!r} needs a mask token but the tokenizer has none")
+        self.special = special
+
+    def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
+        raise NotImplementedError
+
+    @classmethod
+    def options(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls)}
+
+    # -- helpers shared by the subclasses --------------------------------------------------------
+
+    def _ids(self, example: dict[str, Any]) -> torch.Tensor:
+        return torch.as_tensor(example["input_ids"], dtype=torch.long)
+
+    def _fixed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Bool [L]: positions holding special tokens that are never predicted, masked or moved."""
+        fixed = torch.zeros_like(ids, dtype=torch.bool)
+        for token_id in self.special.fixed_ids:
+            fixed |= ids == token_id
+        return fixed

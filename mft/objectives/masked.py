@@ -1,0 +1,131 @@
+"""Masked objectives: fixed-rate MLM and MLM-U (uniform rate, an absorbing-state diffusion loss).
+
+Shared notation. x = x_0..x_{L-1} is the example. The *maskable* positions M are all positions
+except special tokens (BOS, PAD, ...) and, with `predict_prompt=False`, except the prompt; D = |M|.
+A draw picks a subset S of M with |S| = m; the model sees x with every x_i, i in S, replaced by the
+mask token, under bidirectional attention, and predicts x_i at position i for every i in S.
+Nothing outside S is predicted.
+
+`attend_to_masked=False` (default, as in the factorization-curse paper's model): masked positions
+are never attention keys. A query at a masked position sees the visible tokens and itself, and the
+visible tokens never see masked slots. The number of masked slots (how much text is left) is then
+invisible to the model, and left-to-right decoding, which appends one mask slot at a time after
+the context, sees exactly what training showed it. With `attend_to_masked=True` masked slots are
+ordinary keys (BERT style).
+
+m is drawn by unbiased stochastic rounding: m = floor(rD) + Bernoulli(rD - floor(rD)), so that
+E[m] = rD exactly, then clipped to [min_masked, D].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from .base import IGNORE, Objective, Row
+
+
+def stochastic_round(value: float, generator: torch.Generator) -> int:
+    whole = int(value)
+    return whole + int(torch.rand((), generator=generator).item() < value - whole)
+
+
+class _MaskedObjective(Objective):
+    needs_mask_token = True
+
+    def maskable(self, example: dict[str, Any]) -> torch.Tensor:
+        ids = self._ids(example)
+        maskable = ~self._fixed(ids)
+        if not self.predict_prompt:
+            maskable[: example.get("prompt_length", 0)] = False
+        return maskable
+
+    def masked_row(self, example: dict[str, Any], rate: float, generator: torch.Generator) -> Row:
+        ids = self._ids(example)
+        candidates = self.maskable(example).nonzero().flatten()
+        num_maskable = len(candidates)
+        num_masked = min(max(stochastic_round(rate * num_maskable, generator), self.min_masked), num_maskable)
+        chosen = candidates[torch.randperm(num_maskable, generator=generator)[:num_masked]]
+
+        masked = torch.zeros_like(ids, dtype=torch.bool)
+        masked[chosen] = True
+        labels = torch.where(masked, ids, IGNORE)
+        weights = masked.float() * self.token_weight(num_masked, num_maskable)
+        return Row(
+            input_ids=torch.where(masked, self.special.mask_token_id, ids),
+            labels=labels,
+            weights=weights,
+            causal=False,
+            hidden=None if self.attend_to_masked else masked,
+        )
+
+    def token_weight(self, num_masked: int, num_maskable: int) -> float:
+        return 1.0
+
+
+def _check_rate(field: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"objective.{field} = {value} is outside [0, 1]; use a masking rate between 0 and 1")
+
+
+@dataclass
+class MLM(_MaskedObjective):
+    """Masked language modelling at a fixed rate r (BERT without the 80/10/10 corruption).
+
+    Predicted: the m ~= r*D masked tokens, each from all visible tokens (bidirectional), weight 1.
+    """
+
+    name = "mlm"
+    rate: float = 0.15
+    min_masked: int = 1
+    predict_prompt: bool = True
+    attend_to_masked: bool = False
+
+    def __post_init__(self):
+        _check_rate("rate", self.rate)
+
+    def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
+        return [self.masked_row(example, self.rate, generator)]
+
+
+@dataclass
+class MLMU(_MaskedObjective):
+    """MLM-U: the masking rate r ~ U(low, high) is drawn afresh for every sequence.
+
+    Predicted: the m ~= r*D masked tokens, each from all visible tokens (bidirectional). Seeing
+    every rate means seeing every split of a sequence into context and prediction, which is what
+    makes the objective factorization-agnostic (in expectation it equals permutation LM).
+
+    Weights (`weighting`):
+      "1/r"      w_i = D/m = 1/r for each masked token: the factorization-curse paper's Eq. 5, the
+                 ELBO of an absorbing-state diffusion model. Since sum_i w_i = D for every sequence,
+                 the weighted mean over a batch is sum_seq D_seq * mean_masked_CE_seq / sum_seq D_seq.
+      "uniform"  w_i = 1: a plain mean over all masked tokens of the batch.
+    """
+
+    name = "mlm_u"
+    low: float = 0.0
+    high: float = 1.0
+    weighting: Literal["1/r", "uniform"] = "1/r"
+    min_masked: int = 1
+    predict_prompt: bool = True
+    attend_to_masked: bool = False
+
+    def __post_init__(self):
+        _check_rate("low", self.low)
+        _check_rate("high", self.high)
+        if self.low > self.high:
+            raise ValueError(f"objective.low = {self.low} > objective.high = {self.high}; set low <= high")
+        if self.weighting not in ("1/r", "uniform"):
+            raise ValueError(f"objective.weighting = {self.weighting!r}; use '1/r' or 'uniform'")
+
+    def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
+        rate = self.low + (self.high - self.low) * torch.rand((), generator=generator).item()
+        return [self.masked_row(example, rate, generator)]
+
+    def token_weight(self, num_masked: int, num_maskable: int) -> float:
+        if self.weighting == "uniform" or num_masked == 0:
+            return 1.0
+        return num_maskable / num_masked
