@@ -1,0 +1,81 @@
+"""The data collator: applies the objective to each example, then pads and batches the rows.
+
+Masking happens here, on the CPU, so it runs inside DataLoader workers (`dataloader_num_workers`).
+
+Randomness. When an example carries `example_index` and `epoch` (the `mft.data.TokenizedDataset`
+adds them), its draws come from a generator seeded by (seed, epoch, example_index): the same example
+gets the same mask in the same epoch whatever the batch, worker, process or resumption, and a fresh
+mask in every new epoch. Without them (the collator used alone in another script) a collator-level
+generator seeded once is used.
+
+Output batch:
+    input_ids      [B, L]  padded with the pad token
+    labels         [B, L]  aligned with the logits (see `mft.objectives.base`), IGNORE on padding
+    loss_weights   [B, L]  float, 0 on padding
+    attention_mask [B, L]  when every row is causal (plain padding mask; fast attention paths stay on)
+                   [B, 1, L, L] bool otherwise (see `mft.models.attention`)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .models.attention import attention_mask_4d
+from .objectives import IGNORE, Objective, Row, SpecialTokens, example_generator
+
+
+class MFTCollator:
+    def __init__(self, objective: Objective, tokenizer=None, *, special: SpecialTokens | None = None,
+                 pad_token_id: int | None = None, seed: int = 0, pad_to_multiple_of: int | None = None):
+        if special is None:
+            if tokenizer is None:
+                raise ValueError("MFTCollator needs a tokenizer or SpecialTokens")
+            special = SpecialTokens.from_tokenizer(tokenizer)
+        if pad_token_id is None:
+            pad_token_id = tokenizer.pad_token_id if tokenizer is not None else None
+        if pad_token_id is None:
+            pad_token_id = special.eos_token_id
+        objective.setup(special)
+        self.objective = objective
+        self.pad_token_id = pad_token_id
+        self.seed = seed
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self._fallback_generator = torch.Generator().manual_seed(seed)
+
+    def rows(self, example: dict[str, Any]) -> list[Row]:
+        if "example_index" in example:
+            generator = example_generator(self.seed, example.get("epoch", 0), example["example_index"])
+        else:
+            generator = self._fallback_generator
+        return self.objective(example, generator)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [row for example in examples for row in self.rows(example)]
+        return self.pad(rows)
+
+    def pad(self, rows: list[Row]) -> dict[str, torch.Tensor]:
+        length = max(len(row) for row in rows)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = len(rows)
+        input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch, length), IGNORE, dtype=torch.long)
+        weights = torch.zeros((batch, length), dtype=torch.float)
+        key_valid = torch.zeros((batch, length), dtype=torch.bool)
+        hidden = torch.zeros((batch, length), dtype=torch.bool)
+        for b, row in enumerate(rows):
+            n = len(row)
+            input_ids[b, :n] = row.input_ids
+            labels[b, :n] = row.labels
+            weights[b, :n] = row.weights
+            key_valid[b, :n] = True
+            if row.hidden is not None:
+                hidden[b, :n] = row.hidden
+        causal = torch.tensor([row.causal for row in rows])
+        if causal.all():
+            attention_mask = key_valid.long()
+        else:
+            attention_mask = attention_mask_4d(key_valid, causal, hidden)
+        return {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "attention_mask": attention_mask}

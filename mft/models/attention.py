@@ -1,0 +1,48 @@
+"""Attention masks for causal and bidirectional rows on Hugging Face causal-LM architectures.
+
+Hugging Face decoder models (Llama, Mistral, Qwen2, ...) accept a ready 4D mask of shape
+[batch, 1, query, key] and use it as is instead of building their causal mask, for the `eager` and
+`sdpa` attention implementations. That is how mft makes a causal architecture bidirectional without
+touching its code. (FlashAttention-2 ignores 4D masks; it is refused for bidirectional objectives.)
+
+The rule, per row b, query q and key k:
+    allowed[b, q, k] = key_valid[b, k] and (k <= q            if the row is causal
+                                            not hidden[b, k]  if the row is bidirectional)
+                       or q == k
+Padding is never a valid key. The diagonal is always allowed, so no query (a padded one, or a
+masked slot with every other token hidden) is left with nothing to attend to.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def attention_mask_4d(key_valid: torch.Tensor, causal: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool [B, 1, L, L], True = may attend.
+
+    key_valid: bool [B, L] (False on padding); causal: bool [B] (per row); hidden: bool [B, L] or None.
+    """
+    batch, length = key_valid.shape
+    visible = key_valid if hidden is None else key_valid & ~hidden
+    lower = torch.ones(length, length, dtype=torch.bool, device=key_valid.device).tril()
+    causal_rows = lower[None] & key_valid[:, None, :]
+    bidirectional_rows = visible[:, None, :].expand(batch, length, length)
+    allowed = torch.where(causal[:, None, None], causal_rows, bidirectional_rows)
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=key_valid.device)[None]
+    return allowed[:, None]
+
+
+def to_model_mask(attention_mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """Give a bool 4D mask the form the attention implementation expects: `sdpa` takes it as is
+    (True = attend); `eager` adds the mask to the scores, so it becomes 0 / dtype-min. 2D padding
+    masks are returned unchanged."""
+    if attention_mask.dim() != 4 or attention_mask.dtype != torch.bool or attn_implementation == "sdpa":
+        return attention_mask
+    blocked = torch.finfo(dtype).min
+    return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(~attention_mask, blocked)
+
+
+def attention_implementation(model) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) or "eager"
