@@ -1,0 +1,349 @@
+"""Configuration: `MFTConfig` (the Trainer's arguments) and the YAML recipe that a run is made from.
+
+A recipe has these sections (each a mapping):
+
+    task:       a built-in task generator, `name:` plus its options    } exactly one of the two
+    data:       files: `train_file:` (and `qa_file:` for evaluation)    }
+    model:      `ModelConfig` fields (a from-scratch size, or a pretrained checkpoint)
+    objective:  `name:` plus the objective's options (see `mft.objectives`)
+    training:   any `MFTConfig` field, i.e. any `transformers.TrainingArguments` field plus mft's own
+
+Recipes are read with a safe YAML loader (no object construction from tags; YAML 1.2 booleans). Command-line overrides
+`section.key=value` are parsed as YAML scalars. Every key is checked against the dataclass it
+configures; an unknown key, a wrong type or an impossible value is a `RecipeError`: one line that
+names the field and the fix, raised before any model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import importlib.util
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from transformers import TrainingArguments
+
+
+class RecipeError(ValueError):
+    """A problem with a recipe or its inputs, phrased for the person who wrote it."""
+
+
+def _default_report_to() -> str:
+    return "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+
+
+@dataclass
+class MFTConfig(TrainingArguments):
+    """`TrainingArguments` with mft's defaults and evaluation options (TRL's SFTConfig pattern)."""
+
+    decoding: Literal["causal", "masked"] | None = field(
+        default=None,
+        metadata={"help": "How answers are generated at evaluation: 'causal' (left-to-right with causal "
+                          "attention) or 'masked' (left-to-right masked decoding, bidirectional attention). "
+                          "Default: the objective's natural one."},
+    )
+    max_new_tokens: int = field(default=16, metadata={"help": "Longest answer generated at evaluation."})
+    report_to: None | str | list[str] = field(
+        default_factory=_default_report_to,
+        metadata={"help": "Logging integrations; tensorboard when it is installed."},
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "mft's collator needs every column."})
+
+
+@dataclass
+class ModelConfig:
+    """The model. Without `name_or_path`, a model of the given architecture and sizes is built from
+    scratch with random weights, its vocabulary taken from the task (no download)."""
+
+    name_or_path: str | None = None
+    architecture: Literal["llama", "mistral", "qwen2"] = "llama"
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int | None = None
+    intermediate_size: int = 1024
+    max_position_embeddings: int = 512
+    rope_theta: float = 10000.0
+    attention_dropout: float = 0.0
+    attn_implementation: Literal["eager", "sdpa"] = "sdpa"
+
+    def __post_init__(self):
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"model.{name} = {getattr(self, name)} must be at least 1")
+        if self.hidden_size % self.num_attention_heads:
+            raise RecipeError(f"model.hidden_size = {self.hidden_size} is not divisible by model.num_attention_heads"
+                              f" = {self.num_attention_heads}; choose sizes that divide")
+
+
+@dataclass
+class DataFiles:
+    """Training data from files. `train_file`: JSONL or JSON list of rows {"text": ...} or
+    {"prompt": ..., "completion": ...}. `qa_file`: JSONL of {"question", "answer", "direction"} with
+    direction "forward" or "backward", evaluated by generation."""
+
+    train_file: str
+    qa_file: str | None = None
+
+    def __post_init__(self):
+        for name in ("train_file", "qa_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise RecipeError(f"data.{name}: file not found: {path}; check the path (relative paths are "
+                                  f"taken from the current directory)")
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig
+    objective_name: str
+    objective_options: dict[str, Any]
+    training: MFTConfig
+    task_name: str | None = None
+    task_options: dict[str, Any] = field(default_factory=dict)
+    data: DataFiles | None = None
+    raw: dict[str, Any] = field(default_factory=dict)  # the resolved recipe as plain YAML data
+
+    def build_objective(self):
+        from .objectives import build_objective
+        return build_objective(self.objective_name, **self.objective_options)
+
+    def build_task(self):
+        from .data import TASKS
+        return TASKS[self.task_name](**self.task_options)
+
+    def to_yaml(self) -> str:
+        """The recipe with every mft default filled in (training: as given; the rest are
+        transformers' defaults)."""
+        resolved: dict[str, Any] = {}
+        if self.task_name:
+            resolved["task"] = {"name": self.task_name, **dataclasses.asdict(self.build_task())}
+        else:
+            resolved["data"] = dataclasses.asdict(self.data)
+        resolved["model"] = dataclasses.asdict(self.model)
+        resolved["objective"] = {"name": self.objective_name, **dataclasses.asdict(self.build_objective())}
+        resolved["training"] = dict(self.raw.get("training", {}))
+        return yaml.safe_dump(resolved, sort_keys=False)
+
+
+SECTIONS = ("task", "data", "model", "objective", "training")
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` with YAML 1.2 scalars: only true/false are booleans (so `eval_strategy: no`
+    stays the string "no"), and 1e-4 is a float."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=RecipeLoader)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}; give the path of a YAML recipe, e.g. recipes/quickstart.yaml")
+    try:
+        raw = read_yaml(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)})")
+    for override in overrides:
+        apply_override(raw, override)
+    raw.setdefault("training", {})
+    if isinstance(raw["training"], dict):
+        raw["training"].setdefault("output_dir", str(Path("runs") / path.stem))
+    return parse_recipe(raw)
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply `section.key=value` (value parsed as YAML) to the raw recipe, in place."""
+    key, sep, text = override.partition("=")
+    if not sep or "." not in key:
+        raise RecipeError(f"override {override!r} is not of the form section.key=value, e.g. training.max_steps=100")
+    section, name = key.split(".", 1)
+    _check_known(section, SECTIONS, "recipe section")
+    try:
+        value = read_yaml(text) if text else None
+    except yaml.YAMLError:
+        value = text
+    node = raw.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise RecipeError(f"{section} must be a mapping to take the override {override!r}")
+    node[name] = value
+
+
+def parse_recipe(raw: dict[str, Any]) -> Recipe:
+    for section in raw:
+        _check_known(section, SECTIONS, "recipe section")
+        if not isinstance(raw[section], dict):
+            raise RecipeError(f"{section} must be a mapping of options, got {type(raw[section]).__name__}")
+    if ("task" in raw) == ("data" in raw):
+        raise RecipeError("a recipe needs exactly one of the sections 'task' (a built-in task) or 'data' (files)")
+
+    task_name, task_options, data = None, {}, None
+    if "task" in raw:
+        from .data import TASKS
+        task_name, task_options = _named_section("task", raw["task"], TASKS)
+    else:
+        data = _build_dataclass("data", DataFiles, raw["data"])
+
+    model = _build_dataclass("model", ModelConfig, raw.get("model", {}))
+
+    from .objectives import OBJECTIVES
+    if "objective" not in raw:
+        raise RecipeError(f"the recipe has no 'objective' section; add one, e.g. objective: {{name: mlm_u}}")
+    objective_name, objective_options = _named_section("objective", raw["objective"], OBJECTIVES)
+
+    training = _build_dataclass("training", MFTConfig, raw.get("training", {}))
+    recipe = Recipe(model=model, objective_name=objective_name, objective_options=objective_options,
+                    training=training, task_name=task_name, task_options=task_options, data=data, raw=raw)
+    recipe.build_objective()  # validates the option values (rates within [0, 1], ...)
+    if recipe.task_name:
+        recipe.build_task()
+    return recipe
+
+
+def _named_section(section: str, values: dict[str, Any], registry: dict[str, type]) -> tuple[str, dict[str, Any]]:
+    """A section `{name: X, **options}` whose options are the fields of dataclass registry[X]."""
+    values = dict(values)
+    name = values.pop("name", None)
+    if name is None:
+        raise RecipeError(f"{section}.name is missing; choose one of {', '.join(registry)}")
+    _check_known(name, registry, f"{section}.name")
+    options = {f.name: f for f in dataclasses.fields(registry[name])}
+    hints = typing.get_type_hints(registry[name])
+    checked = {}
+    for key, value in values.items():
+        _check_known(key, options, f"{section} option for {name!r}", prefix=f"{section}.")
+        checked[key] = check_type(f"{section}.{key}", value, hints[key])
+    try:
+        registry[name](**checked)
+    except (ValueError, TypeError) as error:
+        raise RecipeError(str(error)) from None
+    return name, checked
+
+
+def _build_dataclass(section: str, cls: type, values: dict[str, Any]):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    checked = {}
+    for key, value in values.items():
+        _check_known(key, names, f"{section} option", prefix=f"{section}.")
+        checked[key] = check_type(f"{section}.{key}", value, hints[key])
+    try:
+        return cls(**checked)
+    except RecipeError:
+        raise
+    except TypeError as error:  # a required field is missing
+        missing = str(error).split("argument:")[-1].strip().strip("'") if "argument" in str(error) else str(error)
+        raise RecipeError(f"{section}.{missing} is required; add it to the recipe") from None
+    except (ValueError, ImportError) as error:  # TrainingArguments' own checks
+        raise RecipeError(f"{section}: {str(error).splitlines()[0]}") from None
+
+
+def _check_known(key: str, known, what: str, prefix: str = "") -> None:
+    if key in known:
+        return
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+    hint = f"; did you mean {prefix}{close[0]!s}?" if close else f"; known: {', '.join(map(str, known))}"
+    raise RecipeError(f"unknown {what} {prefix}{key}{hint}")
+
+
+# ---------------------------------------------------------------------------------------------
+# type checking
+
+
+def check_type(path: str, value: Any, annotation: Any) -> Any:
+    """Return `value` (converted where YAML is ambiguous, e.g. '1e-4' for a float) if it fits the
+    annotation, else raise a RecipeError naming `path`."""
+    ok, converted = _fits(value, annotation)
+    if not ok:
+        raise RecipeError(f"{path} = {value!r} has the wrong type: expected {_describe(annotation)}")
+    return converted
+
+
+def _fits(value: Any, annotation: Any) -> tuple[bool, Any]:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any or annotation is object:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return type(None) in args, None
+        for option in args:
+            if option is not type(None):
+                ok, converted = _fits(value, option)
+                if ok:
+                    return True, converted
+        return False, value
+    if annotation is type(None):
+        return value is None, value
+    if origin is Literal:
+        return value in args, value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if annotation is str:
+        return isinstance(value, str), value
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return value in {member.value for member in annotation}, value
+    if origin is list or annotation is list:
+        if not isinstance(value, list):
+            return False, value
+        if args:
+            converted = []
+            for item in value:
+                ok, item = _fits(item, args[0])
+                if not ok:
+                    return False, value
+                converted.append(item)
+            return True, converted
+        return True, value
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict), value
+    return True, value
+
+
+def _describe(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in annotation)
+    return getattr(annotation, "__name__", str(annotation))

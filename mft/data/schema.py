@@ -1,0 +1,93 @@
+"""mft's data schemas and their loaders.
+
+Training rows (a corpus):  {"text": str}                       plain text, every token is content
+                           {"prompt": str, "completion": str}  a prompt (context) and its answer
+QA rows (evaluation):      {"question": str, "answer": str, "direction": "forward" | "backward"}
+
+Files are JSONL (one object per line) or a JSON list of objects. A bad row is reported with its
+file, line (or index) and the fix, before any model is built.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import RecipeError
+
+DIRECTIONS = ("forward", "backward")
+
+
+@dataclass
+class TaskData:
+    train: list[dict[str, str]]
+    qa: list[dict[str, str]] = field(default_factory=list)
+
+
+def read_rows(path: str | Path, what: str) -> list[tuple[str, Any]]:
+    """[(location, row)] from a JSONL file or a JSON list; location is 'FILE line N' or 'FILE item N'."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise RecipeError(f"{what} {path}: not valid JSON ({error.msg} at line {error.lineno}); fix the file") from None
+        return [(f"{path} item {i}", row) for i, row in enumerate(rows)]
+    located = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            located.append((f"{path} line {number}", json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise RecipeError(f"{what} {path} line {number}: not valid JSON ({error.msg}); one JSON object per line") from None
+    return located
+
+
+def validate_train_row(location: str, row: Any) -> dict[str, str]:
+    if isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip():
+        return {"text": row["text"]}
+    if isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+        if row["completion"].strip():
+            return {"prompt": row["prompt"], "completion": row["completion"]}
+        raise RecipeError(f"{location}: 'completion' is empty; give every row a non-empty completion")
+    raise RecipeError(f"{location}: a training row needs a non-empty string 'text', or 'prompt' and 'completion' "
+                      f"strings; got {_preview(row)}")
+
+
+def validate_qa_row(location: str, row: Any) -> dict[str, str]:
+    if not isinstance(row, dict):
+        raise RecipeError(f"{location}: a QA row is an object with 'question', 'answer', 'direction'; got {_preview(row)}")
+    for key in ("question", "answer"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise RecipeError(f"{location}: '{key}' is missing or empty; give every QA row a non-empty {key}")
+    if row.get("direction") not in DIRECTIONS:
+        raise RecipeError(f"{location}: 'direction' is {row.get('direction')!r}; use 'forward' or 'backward'")
+    return {"question": row["question"], "answer": row["answer"], "direction": row["direction"]}
+
+
+def load_data_files(train_file: str, qa_file: str | None) -> TaskData:
+    train = [validate_train_row(loc, row) for loc, row in read_rows(train_file, "data.train_file")]
+    if not train:
+        raise RecipeError(f"data.train_file {train_file} has no rows; the training set would be empty")
+    qa = []
+    if qa_file:
+        qa = [validate_qa_row(loc, row) for loc, row in read_rows(qa_file, "data.qa_file")]
+        if not qa:
+            raise RecipeError(f"data.qa_file {qa_file} has no rows; remove data.qa_file or add QA rows")
+    return TaskData(train=train, qa=qa)
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def _preview(row: Any) -> str:
+    text = json.dumps(row) if not isinstance(row, str) else repr(row)
+    return text if len(text) <= 80 else text[:77] + "..."
