@@ -1,0 +1,90 @@
+"""Greedy answer generation for evaluation.
+
+`causal`: plain left-to-right generation with causal attention (`model.generate`, greedy).
+
+`masked`: left-to-right masked decoding, as in the factorization-curse paper. Given the context
+x_<n, append one mask slot at position n, run the model with bidirectional attention (the slot is
+not a key for anyone, see `mft.objectives.masked`), take the arg-max token at the slot, write it in,
+and repeat with the next slot until the end-of-sequence token or `max_new_tokens`. This asks the
+model exactly what MLM-U training asked it: predict a masked token from the visible ones.
+Special tokens other than EOS (mask, pad, bos, ...) are never generated.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .models.attention import attention_implementation, attention_mask_4d, to_model_mask
+
+
+@torch.no_grad()
+def generate_causal(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuation of each prompt (token ids), without the prompt, cut at EOS."""
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    length = max(len(p) for p in prompts)
+    # Left padding: every prompt ends at the same position, where generation starts.
+    input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        input_ids[i, length - len(prompt):] = torch.tensor(prompt)
+        attention_mask[i, length - len(prompt):] = 1
+    output = model.generate(
+        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max_new_tokens,
+        do_sample=False, num_beams=1, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id,
+    )
+    return [_cut_at_eos(row[length:].tolist(), tokenizer.eos_token_id) for row in output]
+
+
+@torch.no_grad()
+def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Left-to-right masked decoding (one mask slot at a time), greedy; see the module docstring."""
+    if tokenizer.mask_token_id is None:
+        raise ValueError("masked decoding needs a tokenizer with a mask token")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    banned = [i for i in tokenizer.all_special_ids if i != tokenizer.eos_token_id]
+
+    sequences = [list(p) for p in prompts]
+    answers: list[list[int]] = [[] for _ in prompts]
+    active = list(range(len(prompts)))
+    for _ in range(max_new_tokens):
+        if not active:
+            break
+        rows = [sequences[i] + [tokenizer.mask_token_id] for i in active]
+        length = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+        key_valid = torch.zeros((len(rows), length), dtype=torch.bool)
+        hidden = torch.zeros((len(rows), length), dtype=torch.bool)
+        slots = torch.tensor([len(r) - 1 for r in rows])
+        for b, row in enumerate(rows):
+            input_ids[b, : len(row)] = torch.tensor(row)
+            key_valid[b, : len(row)] = True
+            hidden[b, len(row) - 1] = True
+        mask = attention_mask_4d(key_valid, torch.zeros(len(rows), dtype=torch.bool), hidden)
+        logits = model(input_ids=input_ids.to(device), attention_mask=to_model_mask(mask.to(device), attention_implementation(model), dtype)).logits
+        slot_logits = logits[torch.arange(len(rows)), slots.to(device)].float()
+        slot_logits[:, banned] = float("-inf")
+        next_tokens = slot_logits.argmax(-1).tolist()
+        still_active = []
+        for i, token in zip(active, next_tokens):
+            if token == tokenizer.eos_token_id:
+                continue
+            sequences[i].append(token)
+            answers[i].append(token)
+            still_active.append(i)
+        active = still_active
+    return answers
+
+
+def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_tokens: int, batch_size: int = 64):
+    generate_batch = {"causal": generate_causal, "masked": generate_masked}[decoding]
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        answers.extend(generate_batch(model, tokenizer, prompts[start:start + batch_size], max_new_tokens))
+    return answers
+
+
+def _cut_at_eos(tokens: list[int], eos_id: int) -> list[int]:
+    return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens

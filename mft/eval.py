@@ -1,0 +1,106 @@
+"""Forward/backward question answering: metrics, and the run's report (table + plot).
+
+A QA item is {"question", "answer", "direction"}. The model answers greedily (see `mft.decoding`);
+exact match compares the generated answer and the reference after lower-casing and collapsing
+whitespace. Metrics are reported per direction: {"forward": {"exact_match": 0.97, "n": 40}, ...}.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .data.schema import DIRECTIONS
+from .data.tokenize import encode_prompt
+from .decoding import generate
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str, max_new_tokens: int = 16,
+                batch_size: int = 64) -> dict[str, dict[str, Any]]:
+    was_training = model.training
+    model.eval()
+    try:
+        prompts = [encode_prompt(tokenizer, item["question"]) for item in qa]
+        answers = generate(model, tokenizer, prompts, decoding, max_new_tokens, batch_size)
+    finally:
+        model.train(was_training)
+    results: dict[str, dict[str, Any]] = {}
+    for direction in DIRECTIONS:
+        hits = [normalize(tokenizer.decode(answer, skip_special_tokens=True)) == normalize(item["answer"])
+                for item, answer in zip(qa, answers) if item["direction"] == direction]
+        if hits:
+            results[direction] = {"exact_match": sum(hits) / len(hits), "n": len(hits)}
+    return results
+
+
+def flatten_metrics(results: dict[str, dict[str, Any]], prefix: str = "eval") -> dict[str, float]:
+    """{"forward": {"exact_match": x}} -> {"eval_forward_exact_match": x} for the Trainer's log."""
+    return {f"{prefix}_{direction}_{name}": value for direction, metrics in results.items()
+            for name, value in metrics.items() if name != "n"}
+
+
+def accuracy_history(log_history: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """[(step, exact match)] per direction, from the Trainer's `state.log_history`."""
+    history: dict[str, list[tuple[int, float]]] = {}
+    for entry in log_history:
+        for direction in DIRECTIONS:
+            key = f"eval_{direction}_exact_match"
+            if key in entry:
+                history.setdefault(direction, []).append((entry["step"], entry[key]))
+    return history
+
+
+def write_report(output_dir: str | Path, results: dict[str, dict[str, Any]], log_history: list[dict[str, Any]],
+                 title: str, details: dict[str, Any]) -> None:
+    """eval_results.json, report.md (a table) and accuracy.png (accuracy over training steps)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    history = accuracy_history(log_history)
+    has_plot = plot_history(history, output_dir / "accuracy.png", title)
+
+    lines = [f"# {title}", "", "| direction | exact match | n |", "|---|---|---|"]
+    for direction, metrics in results.items():
+        lines.append(f"| {direction} | {metrics['exact_match']:.3f} | {metrics['n']} |")
+    lines += ["", "| setting | value |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in details.items()]
+    if history:
+        lines += ["", "## Exact match during training", "", "| step | " + " | ".join(history) + " |",
+                  "|---|" + "---|" * len(history)]
+        steps = sorted({step for points in history.values() for step, _ in points})
+        by_step = {d: dict(points) for d, points in history.items()}
+        for step in steps:
+            cells = [f"{by_step[d][step]:.3f}" if step in by_step[d] else "" for d in history]
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    if has_plot:
+        lines += ["", "![exact match over training](accuracy.png)"]
+    (output_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_history(history: dict[str, list[tuple[int, float]]], path: Path, title: str) -> bool:
+    if not history:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for direction, points in history.items():
+        steps, values = zip(*points)
+        axis.plot(steps, values, marker="o", label=direction)
+    axis.set_xlabel("training step")
+    axis.set_ylabel("exact match (held-out queries)")
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True

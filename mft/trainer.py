@@ -1,0 +1,120 @@
+"""`MFTTrainer`: a transformers `Trainer` whose loss comes from the objective's labels and weights.
+
+The loss of one optimizer step is the weighted mean over every predicted position of every
+micro-batch (gradient accumulation) on every process:
+
+    loss = sum_i w_i * CE(logits_i, labels_i) / sum_i w_i
+
+`get_batch_samples` computes the denominator (the total weight, summed over the accumulated
+micro-batches and gathered across processes) before the first micro-batch runs, so each micro-batch
+contributes  sum_{i in micro-batch} w_i CE_i / total  and the accumulated gradient is exactly the
+gradient of the step's loss: accumulating k micro-batches of size b equals one batch of size k*b.
+Under data parallelism the per-process loss is multiplied by the number of processes because DDP /
+DeepSpeed average gradients across processes.
+
+Everything else is the Trainer's: optimizer, schedule, logging (`report_to`), checkpoints,
+`resume_from_checkpoint`, seeds. Evaluation on a `QASet` (forward/backward questions) is by
+generation, see `mft.eval`; any other eval dataset gets the Trainer's usual loss evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+
+from .eval import evaluate_qa, flatten_metrics
+from .models.attention import attention_implementation, to_model_mask
+from .objectives import DEFAULT_DECODING, IGNORE
+
+
+class QASet(list):
+    """Evaluation questions: a list of {"question", "answer", "direction"} answered by generation."""
+
+
+class _DatasetEpoch(TrainerCallback):
+    """Tell the training dataset which epoch starts, so each epoch draws fresh, reproducible masks.
+
+    (The Trainer's own `set_epoch` reaches the sampler, not always the dataset.) `state.epoch` is
+    the float progress; at the start of epoch e, also when resuming inside it, its floor is e."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(math.floor((state.epoch or 0) + 1e-6))
+
+
+class MFTTrainer(Trainer):
+    loss_is_scaled_for_ga = True  # compute_loss normalises by the whole step's weight itself
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.add_callback(_DatasetEpoch(self.train_dataset))
+        self._attn_implementation = attention_implementation(self.model)
+
+    # -- loss --------------------------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        total_weight = None
+        if batches and "loss_weights" in batches[0]:
+            total_weight = sum(batch["loss_weights"].sum() for batch in batches).to(device)
+            if self.args.world_size > 1:
+                total_weight = self.accelerator.gather(total_weight.reshape(1)).sum()
+        return batches, total_weight
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        weights = inputs.pop("loss_weights")
+        inputs["attention_mask"] = to_model_mask(inputs["attention_mask"], self._attn_implementation,
+                                                 self.model.dtype)
+        outputs = model(**inputs)
+        weighted_sum = weighted_token_loss(outputs.logits, labels, weights)
+        if num_items_in_batch is None:  # a lone batch (evaluation, or a caller outside train())
+            loss = weighted_sum / weights.sum().clamp_min(1e-12)
+        else:
+            loss = weighted_sum / num_items_in_batch.clamp_min(1e-12)
+            if self.args.world_size > 1:
+                loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    # -- evaluation --------------------------------------------------------------------------------
+
+    @property
+    def decoding(self) -> str:
+        if self.args.decoding:
+            return self.args.decoding
+        objective = getattr(self.data_collator, "objective", None)
+        return DEFAULT_DECODING.get(getattr(objective, "name", ""), "causal")
+
+    def evaluate_qa(self, qa: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
+        model = self.accelerator.unwrap_model(self.model)
+        return evaluate_qa(model, self.processing_class, qa, self.decoding, self.args.max_new_tokens,
+                           self.args.per_device_eval_batch_size)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if not isinstance(dataset, QASet):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        results = self.evaluate_qa(dataset)
+        metrics = flatten_metrics(results, metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_i w_i * CE(logits_i, labels_i) over the positions whose label is not IGNORE."""
+    selected = labels != IGNORE
+    token_loss = F.cross_entropy(logits[selected].float(), labels[selected], reduction="none")
+    return (token_loss * weights[selected]).sum()
