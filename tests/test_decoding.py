@@ -1,0 +1,274 @@
+"""Greedy generation (mft.decoding) against hand-written loops, and exact match (mft.eval)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import mft.eval
+from mft.data import build_word_tokenizer, encode_prompt
+from mft.decoding import generate, generate_causal, generate_masked
+
+WORDS = [f"w{i}" for i in range(40)]
+QUESTIONS = ["w1", "w2 w3 w4", "w5 w6", "w7 w8 w9 w10 w11 w12", "w13 w14 w15 w16"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_word_tokenizer([" ".join(WORDS)])
+
+
+def make_model(tokenizer, attn_implementation="eager", seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, intermediate_size=64, max_position_embeddings=64,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    model.config._attn_implementation = attn_implementation
+    # larger output weights: well-separated logits, so argmax does not hinge on rounding
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 1.0)
+    return model.eval()
+
+
+def prompts_of(tokenizer, questions=QUESTIONS):
+    return [encode_prompt(tokenizer, q) for q in questions]
+
+
+def swap_output_rows(model, a: int, b: int) -> None:
+    """Exchange the output-layer rows of tokens a and b: the model now predicts a where it predicted b."""
+    with torch.no_grad():
+        weight = model.lm_head.weight
+        weight[[a, b]] = weight[[b, a]].clone()
+
+
+# ---------------------------------------------------------------------------------------------
+# reference loops
+
+
+@torch.no_grad()
+def greedy_causal_reference(model, prompt: list[int], eos: int, max_new_tokens: int) -> list[int]:
+    ids = list(prompt)
+    answer = []
+    for _ in range(max_new_tokens):
+        token = int(model(torch.tensor([ids])).logits[:, -1].argmax(-1))
+        if token == eos:
+            break
+        ids.append(token)
+        answer.append(token)
+    return answer
+
+
+@torch.no_grad()
+def greedy_masked_reference(model, tokenizer, prompt: list[int], max_new_tokens: int) -> list[int]:
+    eos = tokenizer.eos_token_id
+    banned = [i for i in tokenizer.all_special_ids if i != eos]
+    ids = list(prompt)
+    answer = []
+    for _ in range(max_new_tokens):
+        row = ids + [tokenizer.mask_token_id]
+        length = len(row)
+        allowed = torch.zeros(length, length, dtype=torch.bool)
+        allowed[:, : length - 1] = True         # every position sees every real token
+        allowed[length - 1, length - 1] = True  # the slot also sees itself; nobody else sees it
+        mask = torch.zeros(1, 1, length, length).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        logits = model(input_ids=torch.tensor([row]), attention_mask=mask).logits[0, -1].clone()
+        logits[banned] = float("-inf")
+        token = int(logits.argmax())
+        if token == eos:
+            break
+        ids.append(token)
+        answer.append(token)
+    return answer
+
+
+def model_with_a_long_answer(tokenizer, reference, max_new_tokens):
+    """(model, prompt index, k, free answers): the first seed whose greedy answer to some prompt has
+    max_new_tokens tokens and a token at k >= 1 that did not occur before it."""
+    prompts = prompts_of(tokenizer)
+    for seed in range(20):
+        model = make_model(tokenizer, seed=seed)
+        free = [reference(model, p) for p in prompts]
+        for index, answer in enumerate(free):
+            k = first_new_token_index(answer)
+            if len(answer) == max_new_tokens and k > 0:
+                return model, index, k, free
+    raise AssertionError("no seed gives a usable answer")
+
+
+def first_new_token_index(sequence: list[int]) -> int:
+    """The first index k >= 1 whose token did not occur before it (or -1)."""
+    for k in range(1, len(sequence)):
+        if sequence[k] not in sequence[:k]:
+            return k
+    return -1
+
+
+# ---------------------------------------------------------------------------------------------
+# causal
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_generate_causal_matches_greedy_loop(tokenizer, attn_implementation):
+    model = make_model(tokenizer, attn_implementation)
+    prompts = prompts_of(tokenizer)
+    assert len({len(p) for p in prompts}) > 1
+    expected = [greedy_causal_reference(model, p, tokenizer.eos_token_id, 6) for p in prompts]
+    assert generate_causal(model, tokenizer, prompts, max_new_tokens=6) == expected
+    # one at a time gives the same, and so does the batching wrapper
+    assert [generate_causal(model, tokenizer, [p], max_new_tokens=6)[0] for p in prompts] == expected
+    assert generate(model, tokenizer, prompts, "causal", max_new_tokens=6, batch_size=2) == expected
+
+
+def test_generate_causal_stops_at_eos(tokenizer):
+    prompts = prompts_of(tokenizer)
+    model, index, k, free = model_with_a_long_answer(
+        tokenizer, lambda m, p: greedy_causal_reference(m, p, tokenizer.eos_token_id, 8), 8)
+    swap_output_rows(model, free[index][k], tokenizer.eos_token_id)  # EOS comes where that token came
+
+    expected = [greedy_causal_reference(model, p, tokenizer.eos_token_id, 8) for p in prompts]
+    assert expected[index] == free[index][:k]
+    answers = generate_causal(model, tokenizer, prompts, max_new_tokens=8)
+    assert answers == expected
+    assert answers[index] == free[index][:k]
+    assert all(tokenizer.eos_token_id not in answer for answer in answers)
+
+
+# ---------------------------------------------------------------------------------------------
+# masked
+
+
+@pytest.mark.parametrize("seed", [2, 4, 6])  # seed 4 stops at EOS by itself, after 0 or 1 token
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_generate_masked_matches_hand_written_loop(tokenizer, attn_implementation, seed):
+    model = make_model(tokenizer, attn_implementation, seed=seed)
+    prompts = prompts_of(tokenizer)
+    expected = [greedy_masked_reference(model, tokenizer, p, 5) for p in prompts]
+    assert any(expected), "the reference produced nothing at all; the test proves little"
+    assert generate_masked(model, tokenizer, prompts, max_new_tokens=5) == expected
+    assert [generate_masked(model, tokenizer, [p], max_new_tokens=5)[0] for p in prompts] == expected
+    assert generate(model, tokenizer, prompts, "masked", max_new_tokens=5, batch_size=2) == expected
+
+
+def test_generate_masked_stops_at_eos(tokenizer):
+    prompts = prompts_of(tokenizer)
+    model, index, k, free = model_with_a_long_answer(
+        tokenizer, lambda m, p: greedy_masked_reference(m, tokenizer, p, 8), 8)
+    swap_output_rows(model, free[index][k], tokenizer.eos_token_id)
+
+    expected = [greedy_masked_reference(model, tokenizer, p, 8) for p in prompts]
+    assert expected[index] == free[index][:k]
+    answers = generate_masked(model, tokenizer, prompts, max_new_tokens=8)
+    assert answers == expected
+    assert answers[index] == free[index][:k]
+    assert all(tokenizer.eos_token_id not in answer for answer in answers)
+
+
+def test_generate_masked_never_outputs_special_tokens(tokenizer):
+    model = make_model(tokenizer, seed=5)
+    forbidden = [tokenizer.mask_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id]
+
+    def favour_special_tokens(module, inputs, output):
+        output = output.clone()
+        output[..., forbidden] += 1e4
+        return output
+
+    model.lm_head.register_forward_hook(favour_special_tokens)
+    prompts = prompts_of(tokenizer)
+    answers = generate_masked(model, tokenizer, prompts, max_new_tokens=5)
+    assert answers == [greedy_masked_reference(model, tokenizer, p, 5) for p in prompts]
+    assert any(answers)
+    for answer in answers:
+        assert not set(answer) & set(forbidden)
+        assert tokenizer.eos_token_id not in answer
+
+
+def test_generate_masked_needs_a_mask_token(tokenizer):
+    model = make_model(tokenizer)
+
+    class NoMask:
+        mask_token_id = None
+
+    with pytest.raises(ValueError, match="mask token"):
+        generate_masked(model, NoMask(), [[1, 5]], max_new_tokens=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# exact match
+
+
+def test_evaluate_qa_exact_match(tokenizer, monkeypatch):
+    qa = [
+        {"question": "w1 w2", "answer": "w3 w4", "direction": "forward"},        # right
+        {"question": "w5", "answer": "W6  W7", "direction": "forward"},          # right (case, spaces)
+        {"question": "w8 w9", "answer": "w10", "direction": "forward"},          # wrong (extra token)
+        {"question": "w11", "answer": "w12 w13", "direction": "forward"},        # wrong (too short)
+        {"question": "w14 w15", "answer": " w16 ", "direction": "backward"},     # right (spaces)
+        {"question": "w17", "answer": "w18 w19", "direction": "backward"},       # wrong order
+        {"question": "w20", "answer": "w21", "direction": "backward"},           # right (EOS/pad skipped)
+    ]
+    said = ["w3 w4", "w6 w7", "w10 w11", "w12", "w16", "w19 w18", "w21"]
+    answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in said]
+    answers[-1] = answers[-1] + [tokenizer.eos_token_id]
+    calls = []
+
+    def fake_generate(model, tok, prompts, decoding, max_new_tokens, batch_size=64):
+        calls.append((prompts, decoding, max_new_tokens))
+        assert prompts == [encode_prompt(tokenizer, item["question"]) for item in qa]
+        return [list(a) for a in answers]
+
+    monkeypatch.setattr(mft.eval, "generate", fake_generate)
+    model = torch.nn.Linear(2, 2)
+    model.train()
+    results = mft.eval.evaluate_qa(model, tokenizer, qa, "masked", max_new_tokens=3)
+    assert calls and calls[0][1:] == ("masked", 3)
+    assert model.training  # the training mode is restored
+    assert set(results) == {"forward", "backward"}
+    assert results["forward"] == {"exact_match": pytest.approx(2 / 4), "n": 4}
+    assert results["backward"] == {"exact_match": pytest.approx(2 / 3), "n": 3}
+    assert mft.eval.flatten_metrics(results) == {"eval_forward_exact_match": pytest.approx(0.5),
+                                                 "eval_backward_exact_match": pytest.approx(2 / 3)}
+
+
+def test_evaluate_qa_all_right_and_all_wrong(tokenizer, monkeypatch):
+    qa = [{"question": f"w{i}", "answer": f"w{i + 1}", "direction": d}
+          for i, d in zip(range(1, 7), ["forward", "backward"] * 3)]
+    monkeypatch.setattr(mft.eval, "generate",
+                        lambda m, t, prompts, *a, **k: [tokenizer(item["answer"], add_special_tokens=False)["input_ids"]
+                                                        for item in qa])
+    model = torch.nn.Linear(2, 2).eval()
+    results = mft.eval.evaluate_qa(model, tokenizer, qa, "causal")
+    assert results == {"forward": {"exact_match": 1.0, "n": 3}, "backward": {"exact_match": 1.0, "n": 3}}
+    assert not model.training
+
+    monkeypatch.setattr(mft.eval, "generate", lambda m, t, prompts, *a, **k: [[] for _ in prompts])
+    results = mft.eval.evaluate_qa(model, tokenizer, qa, "causal")
+    assert results == {"forward": {"exact_match": 0.0, "n": 3}, "backward": {"exact_match": 0.0, "n": 3}}
+
+
+def test_evaluate_qa_with_a_real_model(tokenizer):
+    """No monkeypatching: the answers are those of generate_masked, compared after decoding."""
+    model = make_model(tokenizer, seed=6)
+    prompts = prompts_of(tokenizer)
+    generated = generate_masked(model, tokenizer, prompts, max_new_tokens=3)
+    qa = []
+    for i, (question, answer) in enumerate(zip(QUESTIONS, generated)):
+        text = tokenizer.decode(answer) if i % 2 == 0 else "w39 w38 w37 w36"
+        qa.append({"question": question, "answer": text.upper() or "w0", "direction": "forward" if i < 3 else "backward"})
+    results = mft.eval.evaluate_qa(model, tokenizer, qa, "masked", max_new_tokens=3)
+    expected = {}
+    for direction in ("forward", "backward"):
+        hits = [" ".join(tokenizer.decode(a, skip_special_tokens=True).lower().split()) == " ".join(item["answer"].lower().split())
+                for item, a in zip(qa, generated) if item["direction"] == direction]
+        expected[direction] = {"exact_match": pytest.approx(sum(hits) / len(hits)), "n": len(hits)}
+    assert results == expected
