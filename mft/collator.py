@@ -6,7 +6,7 @@ Randomness. When an example carries `example_index` and `epoch` (the `mft.data.T
 adds them), its draws come from a generator seeded by (seed, epoch, example_index): the same example
 gets the same mask in the same epoch whatever the batch, worker, process or resumption, and a fresh
 mask in every new epoch. Without them (the collator used alone in another script) a collator-level
-generator seeded once is used.
+generator seeded once is used (re-keyed in each DataLoader worker).
 
 Output batch:
     input_ids      [B, L]  padded with the pad token
@@ -48,8 +48,17 @@ class MFTCollator:
         if "example_index" in example:
             generator = example_generator(self.seed, example.get("epoch", 0), example["example_index"])
         else:
-            generator = self._fallback_generator
+            generator = self._worker_generator()
         return self.objective(example, generator)
+
+    def _worker_generator(self) -> torch.Generator:
+        # Each DataLoader worker holds a copy of this collator; re-key the copy with the worker's own
+        # seed (new per worker and per epoch) so that workers do not repeat each other's masks.
+        info = torch.utils.data.get_worker_info()
+        if info is not None and getattr(self, "_worker_seed", None) != info.seed:
+            self._fallback_generator = example_generator(self.seed, info.seed)
+            self._worker_seed = info.seed
+        return self._fallback_generator
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = [row for example in examples for row in self.rows(example)]

@@ -49,7 +49,7 @@ class SpecialTokens:
     """The token ids an objective needs to know about, taken from the tokenizer."""
 
     mask_token_id: int | None = None
-    # Ids that are never masked nor reversed (BOS, PAD, chat markers...). EOS is *not* among them:
+    # Ids that masked objectives never mask (BOS, PAD, chat markers...). EOS is *not* among them:
     # a masked model must learn to predict the end of a sequence.
     fixed_ids: frozenset[int] = frozenset()
     bos_token_id: int | None = None
@@ -102,7 +102,7 @@ class Objective:
         return torch.as_tensor(example["input_ids"], dtype=torch.long)
 
     def _fixed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Bool [L]: positions holding special tokens that are never predicted, masked or moved."""
+        """Bool [L]: positions holding special tokens (masked objectives never mask them)."""
         fixed = torch.zeros_like(ids, dtype=torch.bool)
         for token_id in self.special.fixed_ids:
             fixed |= ids == token_id

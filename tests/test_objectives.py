@@ -1,0 +1,385 @@
+"""The objectives draw the masks and labels they promise: the masking statistics of mlm / mlm_u, the
+label/weight/hidden bookkeeping, the handling of special tokens and prompts, next-token and reversed
+rows, reproducibility of the random streams and validation of the options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from mft.objectives import (AR, IGNORE, MLM, MLMU, ARReverse, SpecialTokens, build_objective,
+                            example_generator)
+
+PAD, BOS, EOS, UNK, MASK = 0, 1, 2, 3, 4
+FIRST_WORD, VOCAB = 5, 50
+# As SpecialTokens.from_tokenizer(build_word_tokenizer(...)) gives: every special id but EOS is fixed.
+SPECIAL = SpecialTokens(mask_token_id=MASK, fixed_ids=frozenset({PAD, BOS, UNK, MASK}), bos_token_id=BOS,
+                        eos_token_id=EOS)
+
+
+def setup(objective):
+    objective.setup(SPECIAL)
+    return objective
+
+
+def text_example(num_words: int, seed: int = 0, prompt_length: int = 0) -> dict:
+    """[bos] + num_words random word ids + [eos]: num_words + 1 maskable positions (EOS is maskable)."""
+    words = torch.randint(FIRST_WORD, VOCAB, (num_words,), generator=torch.Generator().manual_seed(seed))
+    return {"input_ids": [BOS, *words.tolist(), EOS], "prompt_length": prompt_length}
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def one_row(objective, example, seed=0):
+    rows = objective(example, gen(seed))
+    assert len(rows) == 1
+    return rows[0]
+
+
+def masked_fractions(objective, num_words: int, draws: int) -> np.ndarray:
+    example = text_example(num_words)
+    maskable = num_words + 1
+    fractions = np.empty(draws)
+    for i in range(draws):
+        row = one_row(objective, example, seed=i)
+        fractions[i] = (row.input_ids == MASK).sum().item() / maskable
+    return fractions
+
+
+# -- masking statistics ----------------------------------------------------------------------------
+
+
+def test_mlm_u_masked_fraction_has_mean_one_half():
+    fractions = masked_fractions(setup(MLMU()), num_words=63, draws=4000)  # 64 maskable tokens
+    assert abs(fractions.mean() - 0.5) < 0.02
+    # U(0, 1) has variance 1/12; a fixed or clustered rate would not.
+    assert abs(fractions.var() - 1 / 12) < 0.01
+
+
+def test_mlm_u_masked_fraction_is_uniform():
+    # 512 maskable tokens: the lattice step 1/512 is far below the KS critical distance (~0.026).
+    fractions = masked_fractions(setup(MLMU()), num_words=511, draws=4000)
+    result = stats.kstest(fractions, "uniform")
+    assert result.pvalue > 0.01, result
+    # Chi-square over ten equal bins as a second opinion.
+    counts, _ = np.histogram(fractions, bins=10, range=(0.0, 1.0 + 1e-9))
+    assert stats.chisquare(counts).pvalue > 0.01, counts
+
+
+def test_mlm_u_rate_range_is_respected():
+    fractions = masked_fractions(setup(MLMU(low=0.2, high=0.6)), num_words=199, draws=2000)
+    assert fractions.min() >= 0.2 - 1 / 200 and fractions.max() <= 0.6 + 1 / 200
+    assert abs(fractions.mean() - 0.4) < 0.01
+    assert stats.kstest(fractions, "uniform", args=(0.2, 0.4)).pvalue > 0.01
+
+
+@pytest.mark.parametrize("num_words", [0, 1, 2, 3])
+@pytest.mark.parametrize("objective", [MLMU(), MLM(rate=0.15), MLMU(low=0.0, high=0.0)], ids=["mlm_u", "mlm", "mlm_u0"])
+def test_every_sequence_has_a_masked_token(objective, num_words):
+    setup(objective)
+    example = text_example(num_words)
+    for seed in range(300):
+        row = one_row(objective, example, seed)
+        assert (row.input_ids == MASK).sum() >= 1
+        assert (row.labels != IGNORE).sum() >= 1
+
+
+@pytest.mark.parametrize("num_words", [36, 199])
+def test_mlm_rate_mean_masked_fraction(num_words):
+    fractions = masked_fractions(setup(MLM(rate=0.15)), num_words=num_words, draws=2000)
+    assert abs(fractions.mean() - 0.15) < 0.01
+    # Stochastic rounding: m is floor(rD) or ceil(rD), never anything else.
+    maskable = num_words + 1
+    counts = set(np.round(fractions * maskable).astype(int).tolist())
+    assert counts <= {int(np.floor(0.15 * maskable)), int(np.ceil(0.15 * maskable))}
+
+
+# -- labels, weights, hidden -----------------------------------------------------------------------
+
+MASKED_OBJECTIVES = {
+    "mlm": lambda: MLM(),
+    "mlm_high": lambda: MLM(rate=0.7),
+    "mlm_u": lambda: MLMU(),
+    "mlm_u_uniform": lambda: MLMU(weighting="uniform"),
+    "mlm_u_attend": lambda: MLMU(attend_to_masked=True),
+    "mlm_u_completion": lambda: MLMU(predict_prompt=False),
+}
+
+
+@pytest.mark.parametrize("name", list(MASKED_OBJECTIVES))
+def test_masked_labels_exactly_at_masked_positions(name):
+    objective = setup(MASKED_OBJECTIVES[name]())
+    for seed in range(50):
+        example = text_example(20, seed=seed, prompt_length=6)
+        original = torch.tensor(example["input_ids"])
+        row = one_row(objective, example, seed)
+        masked = row.input_ids == MASK
+        assert row.causal is False
+        assert row.input_ids.shape == row.labels.shape == row.weights.shape == original.shape
+        assert torch.equal(row.labels != IGNORE, masked)
+        assert torch.equal(row.labels[masked], original[masked])
+        assert torch.equal(row.input_ids[~masked], original[~masked])
+        assert torch.equal(row.weights == 0, row.labels == IGNORE)
+        assert (row.weights >= 0).all()
+
+
+def test_mlm_u_inverse_rate_weights():
+    objective = setup(MLMU(weighting="1/r"))
+    seen = set()
+    for seed in range(200):
+        example = text_example(30, seed=seed)
+        row = one_row(objective, example, seed)
+        masked = row.input_ids == MASK
+        num_maskable, num_masked = 31, masked.sum().item()
+        seen.add(num_masked)
+        assert torch.allclose(row.weights[masked], torch.full((num_masked,), num_maskable / num_masked))
+        assert row.weights.sum().item() == pytest.approx(num_maskable, rel=1e-5)
+    assert len(seen) > 10  # the check above ran over many different m
+
+
+def test_mlm_u_inverse_rate_weights_count_only_maskable_positions():
+    # D excludes BOS, other fixed ids and (predict_prompt=False) the prompt.
+    objective = setup(MLMU(predict_prompt=False))
+    example = {"input_ids": [BOS, 10, 11, UNK, 12, 13, 14, UNK, 15, EOS], "prompt_length": 3}
+    num_maskable = 5  # positions 4, 5, 6, 8, 9 (3 and 7 hold UNK, a fixed id; 0-2 are the prompt)
+    for seed in range(100):
+        row = one_row(objective, example, seed)
+        assert row.weights.sum().item() == pytest.approx(num_maskable, rel=1e-5)
+
+
+def test_mlm_u_uniform_weights_are_one():
+    objective = setup(MLMU(weighting="uniform"))
+    for seed in range(50):
+        row = one_row(objective, text_example(30, seed=seed), seed)
+        masked = row.input_ids == MASK
+        assert torch.equal(row.weights, masked.float())
+
+
+def test_mlm_weights_are_one():
+    objective = setup(MLM(rate=0.3))
+    for seed in range(20):
+        row = one_row(objective, text_example(30, seed=seed), seed)
+        assert torch.equal(row.weights, (row.input_ids == MASK).float())
+
+
+@pytest.mark.parametrize("attend", [False, True])
+@pytest.mark.parametrize("cls", [MLM, MLMU])
+def test_hidden_marks_masked_positions(cls, attend):
+    objective = setup(cls(attend_to_masked=attend))
+    for seed in range(20):
+        row = one_row(objective, text_example(25, seed=seed), seed)
+        if attend:
+            assert row.hidden is None
+        else:
+            assert row.hidden is not None and row.hidden.dtype == torch.bool
+            assert torch.equal(row.hidden, row.input_ids == MASK)
+
+
+# -- special tokens and prompts --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("objective", [MLM(rate=1.0), MLMU(low=1.0, high=1.0)], ids=["mlm", "mlm_u"])
+def test_full_rate_masks_exactly_the_maskable_positions(objective):
+    setup(objective)
+    ids = [BOS, 10, 11, UNK, 12, PAD, 13, EOS]
+    row = one_row(objective, {"input_ids": ids, "prompt_length": 0})
+    expected = torch.tensor([MASK if i not in (BOS, UNK, PAD) else i for i in ids])
+    assert torch.equal(row.input_ids, expected)  # EOS is masked, BOS/UNK/PAD never
+
+
+@pytest.mark.parametrize("name", ["mlm", "mlm_high", "mlm_u", "mlm_u_attend"])
+def test_special_tokens_never_masked(name):
+    objective = setup(MASKED_OBJECTIVES[name]())
+    ids = [BOS, 10, 11, UNK, 12, 13, 14, 15, 16, EOS]
+    ever_masked = torch.zeros(len(ids), dtype=torch.bool)
+    for seed in range(300):
+        row = one_row(objective, {"input_ids": ids, "prompt_length": 0}, seed)
+        masked = row.input_ids == MASK
+        assert not masked[0] and not masked[3]
+        assert row.input_ids[0] == BOS and row.input_ids[3] == UNK
+        ever_masked |= masked
+    assert ever_masked.tolist() == [False, True, True, False, True, True, True, True, True, True]
+
+
+@pytest.mark.parametrize("cls", [MLM, MLMU])
+def test_prompt_never_masked_without_predict_prompt(cls):
+    objective = setup(cls(predict_prompt=False) if cls is MLMU else cls(rate=0.5, predict_prompt=False))
+    prompt_length = 7
+    ever_masked = torch.zeros(20, dtype=torch.bool)
+    for seed in range(300):
+        example = text_example(18, seed=seed, prompt_length=prompt_length)
+        row = one_row(objective, example, seed)
+        assert not (row.input_ids[:prompt_length] == MASK).any()
+        assert (row.labels[:prompt_length] == IGNORE).all()
+        ever_masked |= row.input_ids == MASK
+    assert ever_masked[prompt_length:].all()  # every completion position (EOS included) gets masked
+
+
+@pytest.mark.parametrize("cls", [MLM, MLMU])
+def test_nothing_maskable_gives_an_empty_row(cls):
+    # Everything is prompt: D = 0, nothing can be masked and nothing is predicted (no NaN weights).
+    objective = setup(cls(predict_prompt=False))
+    ids = [BOS, 10, 11, EOS]
+    row = one_row(objective, {"input_ids": ids, "prompt_length": 4})
+    assert row.input_ids.tolist() == ids
+    assert (row.labels == IGNORE).all()
+    assert torch.equal(row.weights, torch.zeros(4))
+
+
+def test_prompt_masked_with_predict_prompt():
+    objective = setup(MLMU())
+    ever_masked = torch.zeros(20, dtype=torch.bool)
+    for seed in range(300):
+        ever_masked |= one_row(objective, text_example(18, seed=seed, prompt_length=7), seed).input_ids == MASK
+    assert ever_masked[1:].all() and not ever_masked[0]
+
+
+# -- autoregressive rows ---------------------------------------------------------------------------
+
+
+def test_ar_next_token_labels():
+    objective = setup(AR())
+    example = text_example(10, seed=3, prompt_length=4)
+    ids = torch.tensor(example["input_ids"])
+    row = one_row(objective, example)
+    assert row.causal is True and row.hidden is None
+    assert torch.equal(row.input_ids, ids)
+    assert torch.equal(row.labels[:-1], ids[1:])
+    assert row.labels[-1] == IGNORE
+    assert torch.equal(row.weights, (row.labels != IGNORE).float())
+
+
+def test_ar_without_predict_prompt_drops_prompt_targets():
+    objective = setup(AR(predict_prompt=False))
+    ids = [BOS, 10, 11, 12, 20, 21, EOS]  # prompt = bos 10 11 12, completion = 20 21 eos
+    row = one_row(objective, {"input_ids": ids, "prompt_length": 4})
+    # position i predicts ids[i+1]; only targets at positions >= 4 are kept
+    assert row.labels.tolist() == [IGNORE, IGNORE, IGNORE, 20, 21, EOS, IGNORE]
+    assert row.weights.tolist() == [0, 0, 0, 1, 1, 1, 0]
+    assert torch.equal(row.input_ids, torch.tensor(ids))
+
+
+def test_ar_predict_prompt_keeps_prompt_targets():
+    row = one_row(setup(AR()), {"input_ids": [BOS, 10, 11, 12, 20, 21, EOS], "prompt_length": 4})
+    assert row.labels.tolist() == [10, 11, 12, 20, 21, EOS, IGNORE]
+
+
+def test_ar_reverse_rows():
+    objective = setup(ARReverse())
+    a, b, c, d = 10, 11, 12, 13
+    ids = [BOS, a, b, c, d, EOS]
+    rows = objective({"input_ids": ids, "prompt_length": 0}, gen(0))
+    assert len(rows) == 2
+    forward, backward = rows
+    assert forward.input_ids.tolist() == ids
+    assert forward.labels.tolist() == [a, b, c, d, EOS, IGNORE]
+    assert backward.input_ids.tolist() == [BOS, d, c, b, a, EOS]
+    assert backward.labels.tolist() == [d, c, b, a, EOS, IGNORE]
+    assert forward.causal and backward.causal
+    assert torch.equal(backward.weights, (backward.labels != IGNORE).float())
+
+
+def test_ar_reverse_prompt_only_affects_forward_row():
+    objective = setup(ARReverse(predict_prompt=False))
+    rows = objective({"input_ids": [BOS, 10, 11, 20, 21, EOS], "prompt_length": 3}, gen(0))
+    assert rows[0].labels.tolist() == [IGNORE, IGNORE, 20, 21, EOS, IGNORE]
+    assert rows[1].input_ids.tolist() == [BOS, 21, 20, 11, 10, EOS]
+    assert rows[1].labels.tolist() == [21, 20, 11, 10, EOS, IGNORE]
+
+
+@pytest.mark.parametrize("ids", [
+    [BOS, 10, 11, 12, 13, EOS],
+    [BOS, 10, 11, 12, 13],          # truncated, no EOS
+    [10, 11, 12, EOS],              # no BOS
+    [BOS, EOS],
+    [BOS, 10, EOS],
+    [BOS, 5, 6, 7, 8, 9, 10, 11, 12, EOS],
+])
+def test_reverse_is_an_involution(ids):
+    objective = setup(ARReverse())
+    tensor = torch.tensor(ids)
+    once = objective.reverse(tensor)
+    assert torch.equal(objective.reverse(once), tensor)
+    assert sorted(once.tolist()) == sorted(ids)
+    if len(ids) > 3:
+        assert not torch.equal(once, tensor)
+
+
+def test_reverse_keeps_leading_specials_and_eos():
+    objective = setup(ARReverse())
+    assert objective.reverse(torch.tensor([BOS, 10, 11, 12, 13])).tolist() == [BOS, 13, 12, 11, 10]
+    assert objective.reverse(torch.tensor([10, 11, 12, EOS])).tolist() == [12, 11, 10, EOS]
+
+
+# -- randomness ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mlm", "mlm_u"])
+def test_same_seed_same_rows_different_seed_different_masks(name):
+    objective = setup(MASKED_OBJECTIVES[name]())
+    example = text_example(63, seed=1)
+    for seed in range(5):
+        first, second = one_row(objective, example, seed), one_row(objective, example, seed)
+        for field in ("input_ids", "labels", "weights", "hidden"):
+            assert torch.equal(getattr(first, field), getattr(second, field)), field
+    masks = {tuple((one_row(objective, example, seed).input_ids == MASK).tolist()) for seed in range(20)}
+    assert len(masks) == 20
+
+
+def test_build_objective_matches_class():
+    objective = build_objective("mlm_u", low=0.1, high=0.9)
+    assert isinstance(objective, MLMU) and (objective.low, objective.high) == (0.1, 0.9)
+    with pytest.raises(ValueError, match="unknown objective"):
+        build_objective("nope")
+
+
+def test_example_generator_streams():
+    def draw(*keys):
+        return torch.rand(16, generator=example_generator(*keys))
+
+    assert torch.equal(draw(0, 3, 7), draw(0, 3, 7))
+    assert not torch.equal(draw(0, 3, 7), draw(0, 4, 7))   # another epoch
+    assert not torch.equal(draw(0, 3, 7), draw(0, 3, 8))   # another example
+    assert not torch.equal(draw(0, 3, 7), draw(1, 3, 7))   # another seed
+    assert not torch.equal(draw(0, 3, 7), draw(0, 7, 3))   # keys are ordered
+    streams = {tuple(draw(0, epoch, index).tolist()) for epoch in range(5) for index in range(40)}
+    assert len(streams) == 200
+
+
+def test_example_generator_drives_objective_reproducibly():
+    objective = setup(MLMU())
+    example = text_example(40)
+    a = objective(example, example_generator(5, 1, 2))[0]
+    b = objective(example, example_generator(5, 1, 2))[0]
+    c = objective(example, example_generator(5, 2, 2))[0]
+    assert torch.equal(a.input_ids, b.input_ids)
+    assert not torch.equal(a.input_ids, c.input_ids)
+
+
+# -- option validation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: MLM(rate=1.5), "rate"),
+    (lambda: MLM(rate=-0.01), "rate"),
+    (lambda: MLMU(low=-0.1), "low"),
+    (lambda: MLMU(high=1.2), "high"),
+    (lambda: MLMU(low=0.8, high=0.2), "low"),
+    (lambda: MLMU(low=0.8, high=0.2), "high"),
+    (lambda: MLMU(weighting="1/r^2"), "weighting"),
+])
+def test_invalid_options_raise(make, field):
+    with pytest.raises(ValueError, match=rf"\b{field}\b"):
+        make()
+
+
+@pytest.mark.parametrize("cls", [MLM, MLMU])
+def test_masked_objective_needs_mask_token(cls):
+    with pytest.raises(ValueError, match="mask token"):
+        cls().setup(SpecialTokens(mask_token_id=None, fixed_ids=frozenset({BOS}), bos_token_id=BOS,
+                                  eos_token_id=EOS))
+    AR().setup(SpecialTokens(mask_token_id=None, bos_token_id=BOS, eos_token_id=EOS))  # AR does not
