@@ -35,13 +35,6 @@ SAME_EXACT = 1e-6  # same computation, a masked-out input changed
 SAME_PADDED = 1e-5  # same row, computed inside a padded batch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The models are tiny: more intra-op threads only cost time, a lot of it on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=None)

@@ -61,13 +61,6 @@ def no_model(monkeypatch):
     monkeypatch.setattr(mft.train, "build_model", build_model)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run much faster on one thread (and are not slowed by other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def error_line(capsys, argv: list[str], entry=mft.train.main) -> str:
