@@ -5,11 +5,13 @@ A recipe has these sections (each a mapping):
     task:       a built-in task generator, `name:` plus its options    } exactly one of the two
     data:       files: `train_file:` (and `qa_file:` for evaluation)    }
     model:      `ModelConfig` fields (a from-scratch size, or a pretrained checkpoint)
+    peft:       `PeftOptions`: full fine-tuning, LoRA or QLoRA (default: full)
     objective:  `name:` plus the objective's options (see `mft.objectives`)
     training:   any `MFTConfig` field, i.e. any `transformers.TrainingArguments` field plus mft's own
 
 Recipes are read with a safe YAML loader (no object construction from tags; YAML 1.2 booleans). Command-line overrides
-`section.key=value` are parsed as YAML scalars. Every key is checked against the dataclass it
+`section.key=value` are parsed as YAML scalars; overriding `objective.name` or `task.name` with
+another name drops that section's options from the file (they belong to the old one). Every key is checked against the dataclass it
 configures; an unknown key, a wrong type or an impossible value is a `RecipeError`: one line that
 names the field and the fix, raised before any model is built.
 """
@@ -59,10 +61,15 @@ class MFTConfig(TrainingArguments):
 
 @dataclass
 class ModelConfig:
-    """The model. Without `name_or_path`, a model of the given architecture and sizes is built from
-    scratch with random weights, its vocabulary taken from the task (no download)."""
+    """The model. `name_or_path`: a built-in name (`smollm2-135m`), a local checkpoint folder, a GGUF
+    file (or a folder plus `gguf_file`), or a Hub id. Without it, a model of the given architecture
+    and sizes is built from scratch with random weights, its vocabulary taken from the task (no
+    download); the size fields apply only then."""
 
     name_or_path: str | None = None
+    gguf_file: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
     architecture: Literal["llama", "mistral", "qwen2"] = "llama"
     hidden_size: int = 256
     num_hidden_layers: int = 4
@@ -85,6 +92,28 @@ class ModelConfig:
 
 
 @dataclass
+class PeftOptions:
+    """What is trained. `full`: every parameter. `lora`: LoRA adapters (PEFT) on `target_modules`
+    ("all-linear" or a list of module names) plus full training of `modules_to_save`. `qlora`: the
+    same on a base model loaded in 4-bit NF4 through bitsandbytes (runs on CPU too)."""
+
+    method: Literal["full", "lora", "qlora"] = "full"
+    r: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    modules_to_save: list[str] | None = None
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise RecipeError(f"peft.r = {self.r} must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RecipeError(f"peft.dropout = {self.dropout} must be in [0, 1)")
+        if self.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+            raise RecipeError("peft.method = qlora needs bitsandbytes: pip install -e '.[quant]'")
+
+
+@dataclass
 class DataFiles:
     """Training data from files. `train_file`: JSONL or JSON list of rows {"text": ...} or
     {"prompt": ..., "completion": ...}. `qa_file`: JSONL of {"question", "answer", "direction"} with
@@ -104,6 +133,7 @@ class DataFiles:
 @dataclass
 class Recipe:
     model: ModelConfig
+    peft: PeftOptions
     objective_name: str
     objective_options: dict[str, Any]
     training: MFTConfig
@@ -129,12 +159,13 @@ class Recipe:
         else:
             resolved["data"] = dataclasses.asdict(self.data)
         resolved["model"] = dataclasses.asdict(self.model)
+        resolved["peft"] = dataclasses.asdict(self.peft)
         resolved["objective"] = {"name": self.objective_name, **dataclasses.asdict(self.build_objective())}
         resolved["training"] = dict(self.raw.get("training", {}))
         return yaml.safe_dump(resolved, sort_keys=False)
 
 
-SECTIONS = ("task", "data", "model", "objective", "training")
+SECTIONS = ("task", "data", "model", "peft", "objective", "training")
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -192,6 +223,8 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node = raw.setdefault(section, {})
     if not isinstance(node, dict):
         raise RecipeError(f"{section} must be a mapping to take the override {override!r}")
+    if name == "name" and section in ("task", "objective") and node.get("name") != value:
+        node.clear()  # another objective or task: the file's options belong to the old one
     node[name] = value
 
 
@@ -211,6 +244,7 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
         data = _build_dataclass("data", DataFiles, raw["data"])
 
     model = _build_dataclass("model", ModelConfig, raw.get("model", {}))
+    peft = _build_dataclass("peft", PeftOptions, raw.get("peft", {}))
 
     from .objectives import OBJECTIVES
     if "objective" not in raw:
@@ -218,7 +252,7 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
     objective_name, objective_options = _named_section("objective", raw["objective"], OBJECTIVES)
 
     training = _build_dataclass("training", MFTConfig, raw.get("training", {}))
-    recipe = Recipe(model=model, objective_name=objective_name, objective_options=objective_options,
+    recipe = Recipe(model=model, peft=peft, objective_name=objective_name, objective_options=objective_options,
                     training=training, task_name=task_name, task_options=task_options, data=data, raw=raw)
     recipe.build_objective()  # validates the option values (rates within [0, 1], ...)
     if recipe.task_name:

@@ -37,8 +37,11 @@ def generate_causal(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 
 
 @torch.no_grad()
-def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Left-to-right masked decoding (one mask slot at a time), greedy; see the module docstring."""
+def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                    shift: bool = False) -> list[list[int]]:
+    """Left-to-right masked decoding (one mask slot at a time), greedy; see the module docstring.
+    With `shift` (a model trained with a shifted masked objective) the slot's token is read from
+    the logits one position to its left."""
     if tokenizer.mask_token_id is None:
         raise ValueError("masked decoding needs a tokenizer with a mask token")
     device = next(model.parameters()).device
@@ -64,7 +67,7 @@ def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
             hidden[b, len(row) - 1] = True
         mask = attention_mask_4d(key_valid, torch.zeros(len(rows), dtype=torch.bool), hidden)
         logits = model(input_ids=input_ids.to(device), attention_mask=to_model_mask(mask.to(device), attention_implementation(model), dtype)).logits
-        slot_logits = logits[torch.arange(len(rows)), slots.to(device)].float()
+        slot_logits = logits[torch.arange(len(rows)), (slots - int(shift)).to(device)].float()
         slot_logits[:, banned] = float("-inf")
         next_tokens = slot_logits.argmax(-1).tolist()
         still_active = []
@@ -78,11 +81,15 @@ def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     return answers
 
 
-def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_tokens: int, batch_size: int = 64):
-    generate_batch = {"causal": generate_causal, "masked": generate_masked}[decoding]
+def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_tokens: int, batch_size: int = 64,
+             shift: bool = False):
     answers = []
     for start in range(0, len(prompts), batch_size):
-        answers.extend(generate_batch(model, tokenizer, prompts[start:start + batch_size], max_new_tokens))
+        batch = prompts[start:start + batch_size]
+        if decoding == "masked":
+            answers.extend(generate_masked(model, tokenizer, batch, max_new_tokens, shift=shift))
+        else:
+            answers.extend(generate_causal(model, tokenizer, batch, max_new_tokens))
     return answers
 
 

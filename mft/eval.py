@@ -21,12 +21,12 @@ def normalize(text: str) -> str:
 
 
 def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str, max_new_tokens: int = 16,
-                batch_size: int = 64) -> dict[str, dict[str, Any]]:
+                batch_size: int = 64, shift: bool = False) -> dict[str, dict[str, Any]]:
     was_training = model.training
     model.eval()
     try:
         prompts = [encode_prompt(tokenizer, item["question"]) for item in qa]
-        answers = generate(model, tokenizer, prompts, decoding, max_new_tokens, batch_size)
+        answers = generate(model, tokenizer, prompts, decoding, max_new_tokens, batch_size, shift=shift)
     finally:
         model.train(was_training)
     results: dict[str, dict[str, Any]] = {}

@@ -99,8 +99,9 @@ class MFTTrainer(Trainer):
 
     def evaluate_qa(self, qa: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
         model = self.accelerator.unwrap_model(self.model)
+        shift = getattr(getattr(self.data_collator, "objective", None), "shift", False)
         return evaluate_qa(model, self.processing_class, qa, self.decoding, self.args.max_new_tokens,
-                           self.args.per_device_eval_batch_size)
+                           self.args.per_device_eval_batch_size, shift=shift)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset

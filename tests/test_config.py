@@ -464,3 +464,12 @@ def test_cli_data_bad_option(tmp_path, capsys):
                       entry=cli.main)
     assert "task.num_pair" in line and "did you mean task.num_pairs" in line
     assert not (tmp_path / "train.jsonl").exists()
+
+
+def test_overriding_the_objective_name_drops_the_old_objectives_options():
+    recipe = load_recipe(RECIPES / "quickstart.yaml", ["objective.name=ar"])  # quickstart sets weighting: 1/r
+    assert recipe.objective_name == "ar" and recipe.objective_options == {}
+    recipe = load_recipe(RECIPES / "retrieval_mlm.yaml", ["objective.name=mlm_u", "objective.low=0.2"])
+    assert recipe.objective_options == {"low": 0.2}
+    recipe = load_recipe(RECIPES / "retrieval_mlm.yaml", ["objective.name=mlm", "objective.rate=0.4"])
+    assert recipe.objective_options == {"rate": 0.4}  # same name: the file's options stay overridable

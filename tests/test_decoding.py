@@ -64,7 +64,7 @@ def greedy_causal_reference(model, prompt: list[int], eos: int, max_new_tokens: 
 
 
 @torch.no_grad()
-def greedy_masked_reference(model, tokenizer, prompt: list[int], max_new_tokens: int) -> list[int]:
+def greedy_masked_reference(model, tokenizer, prompt: list[int], max_new_tokens: int, shift: bool = False) -> list[int]:
     eos = tokenizer.eos_token_id
     banned = [i for i in tokenizer.all_special_ids if i != eos]
     ids = list(prompt)
@@ -76,7 +76,8 @@ def greedy_masked_reference(model, tokenizer, prompt: list[int], max_new_tokens:
         allowed[:, : length - 1] = True         # every position sees every real token
         allowed[length - 1, length - 1] = True  # the slot also sees itself; nobody else sees it
         mask = torch.zeros(1, 1, length, length).masked_fill(~allowed, torch.finfo(torch.float32).min)
-        logits = model(input_ids=torch.tensor([row]), attention_mask=mask).logits[0, -1].clone()
+        # shift: the logits one position left of the slot predict it
+        logits = model(input_ids=torch.tensor([row]), attention_mask=mask).logits[0, -1 - int(shift)].clone()
         logits[banned] = float("-inf")
         token = int(logits.argmax())
         if token == eos:
@@ -154,6 +155,16 @@ def test_generate_masked_matches_hand_written_loop(tokenizer, attn_implementatio
     assert generate(model, tokenizer, prompts, "masked", max_new_tokens=5, batch_size=2) == expected
 
 
+@pytest.mark.parametrize("seed", [2, 6])
+def test_generate_masked_with_shift_reads_the_position_left_of_the_slot(tokenizer, seed):
+    model = make_model(tokenizer, "sdpa", seed=seed)
+    prompts = prompts_of(tokenizer)
+    expected = [greedy_masked_reference(model, tokenizer, p, 5, shift=True) for p in prompts]
+    assert expected != [greedy_masked_reference(model, tokenizer, p, 5) for p in prompts]
+    assert generate_masked(model, tokenizer, prompts, max_new_tokens=5, shift=True) == expected
+    assert generate(model, tokenizer, prompts, "masked", max_new_tokens=5, batch_size=2, shift=True) == expected
+
+
 def test_generate_masked_stops_at_eos(tokenizer):
     prompts = prompts_of(tokenizer)
     model, index, k, free = model_with_a_long_answer(
@@ -216,7 +227,7 @@ def test_evaluate_qa_exact_match(tokenizer, monkeypatch):
     answers[-1] = answers[-1] + [tokenizer.eos_token_id]
     calls = []
 
-    def fake_generate(model, tok, prompts, decoding, max_new_tokens, batch_size=64):
+    def fake_generate(model, tok, prompts, decoding, max_new_tokens, batch_size=64, shift=False):
         calls.append((prompts, decoding, max_new_tokens))
         assert prompts == [encode_prompt(tokenizer, item["question"]) for item in qa]
         return [list(a) for a in answers]

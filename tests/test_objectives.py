@@ -383,3 +383,26 @@ def test_masked_objective_needs_mask_token(cls):
         cls().setup(SpecialTokens(mask_token_id=None, fixed_ids=frozenset({BOS}), bos_token_id=BOS,
                                   eos_token_id=EOS))
     AR().setup(SpecialTokens(mask_token_id=None, bos_token_id=BOS, eos_token_id=EOS))  # AR does not
+
+
+# --- shift: the logits at i-1 predict the masked token i (pretrained causal LMs) -----------------
+
+
+@pytest.mark.parametrize("objective_class", [MLM, MLMU])
+def test_shift_moves_every_label_one_position_left(objective_class):
+    ids = torch.tensor([BOS, *range(10, 30), EOS])
+    example = {"input_ids": ids.tolist(), "prompt_length": 0}
+    plain, shifted = objective_class(shift=False), objective_class(shift=True)
+    for objective in (plain, shifted):
+        objective.setup(SPECIAL)
+    for seed in range(20):
+        row = shifted(example, torch.Generator().manual_seed(seed))[0]
+        masked = row.input_ids == MASK
+        assert not masked[0]
+        expected = torch.full_like(ids, IGNORE)
+        expected[:-1] = torch.where(masked[1:], ids[1:], IGNORE)
+        assert torch.equal(row.labels, expected)
+        assert torch.equal(row.weights > 0, row.labels != IGNORE)
+        assert torch.equal(row.hidden, masked)  # the masked slots stay hidden where they are
+        same = plain(example, torch.Generator().manual_seed(seed))[0]
+        assert torch.allclose(row.weights[:-1], same.weights[1:])

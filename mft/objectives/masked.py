@@ -6,6 +6,11 @@ A draw picks a subset S of M with |S| = m; the model sees x with every x_i, i in
 mask token, under bidirectional attention, and predicts x_i at position i for every i in S.
 Nothing outside S is predicted.
 
+`shift=True` moves each prediction one position left: the logits at position i-1 predict the masked
+x_i (as next-token prediction does), which keeps a pretrained causal LM's head aligned with what it
+learnt; position 0 is then never masked. `shift=False` (default for from-scratch models): the
+logits at i predict x_i. `mft.train` turns shift on for pretrained models unless the recipe says.
+
 `attend_to_masked=False` (default, as in the factorization-curse paper's model): masked positions
 are never attention keys. A query at a masked position sees the visible tokens and itself, and the
 visible tokens never see masked slots. The number of masked slots (how much text is left) is then
@@ -40,6 +45,8 @@ class _MaskedObjective(Objective):
         maskable = ~self._fixed(ids)
         if not self.predict_prompt:
             maskable[: example.get("prompt_length", 0)] = False
+        if self.shift:
+            maskable[0] = False  # nothing to its left predicts it
         return maskable
 
     def masked_row(self, example: dict[str, Any], rate: float, generator: torch.Generator) -> Row:
@@ -53,6 +60,9 @@ class _MaskedObjective(Objective):
         masked[chosen] = True
         labels = torch.where(masked, ids, IGNORE)
         weights = masked.float() * self.token_weight(num_masked, num_maskable)
+        if self.shift:  # the logits at i-1 predict the masked token i
+            labels = torch.cat([labels[1:], labels.new_full((1,), IGNORE)])
+            weights = torch.cat([weights[1:], weights.new_zeros(1)])
         return Row(
             input_ids=torch.where(masked, self.special.mask_token_id, ids),
             labels=labels,
@@ -82,6 +92,7 @@ class MLM(_MaskedObjective):
     min_masked: int = 1
     predict_prompt: bool = True
     attend_to_masked: bool = False
+    shift: bool = False
 
     def __post_init__(self):
         _check_rate("rate", self.rate)
@@ -112,6 +123,7 @@ class MLMU(_MaskedObjective):
     min_masked: int = 1
     predict_prompt: bool = True
     attend_to_masked: bool = False
+    shift: bool = False
 
     def __post_init__(self):
         _check_rate("low", self.low)
