@@ -37,7 +37,7 @@ class MFTCollator:
             pad_token_id = tokenizer.pad_token_id if tokenizer is not None else None
         if pad_token_id is None:
             pad_token_id = special.eos_token_id
-        objective.setup(special)
+        objective.setup(special, tokenizer)
         self.objective = objective
         self.pad_token_id = pad_token_id
         self.seed = seed

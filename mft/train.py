@@ -38,11 +38,12 @@ def prepare(recipe: Recipe):
     if recipe.training.eval_strategy != "no" and not data.qa:
         raise RecipeError("training.eval_strategy asks for evaluation but there are no QA rows; add data.qa_file "
                           "or set training.eval_strategy=no")
+    objective = recipe.build_objective()
     if recipe.model.name_or_path:
         tokenizer = load_tokenizer(recipe.model)
     else:
-        tokenizer = build_word_tokenizer([text for row in data.train + data.qa for text in row_texts(row)])
-    objective = recipe.build_objective()
+        texts = [text for row in data.train + data.qa for text in row_texts(row)] + objective.vocabulary_texts()
+        tokenizer = build_word_tokenizer(texts)
     collator = MFTCollator(objective, tokenizer, seed=recipe.training.seed)
     train_dataset = TokenizedDataset.from_rows(tokenizer, data.train)
     longest = max(len(example["input_ids"]) for example in train_dataset.examples)

@@ -84,13 +84,19 @@ class Objective:
     name: ClassVar[str]
     needs_mask_token: ClassVar[bool] = False
 
-    def setup(self, special: SpecialTokens) -> None:
+    def setup(self, special: SpecialTokens, tokenizer=None) -> None:
+        """Called once by the collator. `tokenizer` (when there is one) lets an objective build its
+        fixed token sequences, e.g. a chat template around a masked document."""
         if self.needs_mask_token and special.mask_token_id is None:
             raise ValueError(f"objective {self.name!r} needs a mask token but the tokenizer has none")
         self.special = special
 
     def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
         raise NotImplementedError
+
+    def vocabulary_texts(self) -> list[str]:
+        """Texts the objective adds to sequences (e.g. an instruction), for task vocabularies."""
+        return []
 
     @classmethod
     def options(cls) -> dict[str, dataclasses.Field]:
