@@ -3,11 +3,15 @@
 from .autoregressive import AR, ARReverse
 from .base import IGNORE, Objective, Row, SpecialTokens, example_generator
 from .masked import MLM, MLMU
+from .reconstruct import MaskedReconstruct, MaskedSFT
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (AR, ARReverse, MLM, MLMU)}
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls for cls in (AR, ARReverse, MLM, MLMU, MaskedReconstruct, MaskedSFT)
+}
 
 # How each objective's model is decoded at evaluation time unless the recipe says otherwise.
-DEFAULT_DECODING = {"ar": "causal", "ar_reverse": "causal", "mlm": "masked", "mlm_u": "masked"}
+DEFAULT_DECODING = {"ar": "causal", "ar_reverse": "causal", "mlm": "masked", "mlm_u": "masked",
+                    "masked_reconstruct": "causal", "masked_sft": "causal"}
 
 
 def build_objective(name: str, **options) -> Objective:
@@ -17,6 +21,6 @@ def build_objective(name: str, **options) -> Objective:
 
 
 __all__ = [
-    "AR", "ARReverse", "MLM", "MLMU", "IGNORE", "Objective", "Row", "SpecialTokens",
+    "AR", "ARReverse", "MLM", "MLMU", "MaskedReconstruct", "MaskedSFT", "IGNORE", "Objective", "Row", "SpecialTokens",
     "OBJECTIVES", "DEFAULT_DECODING", "build_objective", "example_generator",
 ]
