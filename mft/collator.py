@@ -14,6 +14,7 @@ Output batch:
     loss_weights   [B, L]  float, 0 on padding
     attention_mask [B, L]  when every row is causal (plain padding mask; fast attention paths stay on)
                    [B, 1, L, L] bool otherwise (see `mft.models.attention`)
+    source_ids     [B]     mixtures only: the index of the component that made each row
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ class MFTCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self._fallback_generator = torch.Generator().manual_seed(seed)
 
-    def rows(self, example: dict[str, Any]) -> list[Row]:
+    def generator(self, example: dict[str, Any]) -> torch.Generator:
         if "example_index" in example:
-            generator = example_generator(self.seed, example.get("epoch", 0), example["example_index"])
-        else:
-            generator = self._worker_generator()
-        return self.objective(example, generator)
+            return example_generator(self.seed, example.get("epoch", 0), example["example_index"])
+        return self._worker_generator()
+
+    def rows(self, example: dict[str, Any]) -> list[Row]:
+        return self.objective(example, self.generator(example))
 
     def _worker_generator(self) -> torch.Generator:
         # Each DataLoader worker holds a copy of this collator; re-key the copy with the worker's own
@@ -61,8 +63,12 @@ class MFTCollator:
         return self._fallback_generator
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        rows = [row for example in examples for row in self.rows(example)]
-        return self.pad(rows)
+        rows = self.objective.batch_rows(examples, [self.generator(example) for example in examples])
+        batch = self.pad(rows)
+        sources = getattr(self.objective, "component_names", None)
+        if sources:  # a mixture: which component made each row, for per-objective loss logs
+            batch["source_ids"] = torch.tensor([sources.index(row.source) for row in rows])
+        return batch
 
     def pad(self, rows: list[Row]) -> dict[str, torch.Tensor]:
         length = max(len(row) for row in rows)

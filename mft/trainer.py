@@ -28,7 +28,7 @@ from transformers import Trainer, TrainerCallback
 
 from .eval import evaluate_qa, flatten_metrics
 from .models.attention import attention_implementation, to_model_mask
-from .objectives import DEFAULT_DECODING, IGNORE
+from .objectives import IGNORE, default_decoding
 
 
 class QASet(list):
@@ -56,6 +56,7 @@ class MFTTrainer(Trainer):
         if hasattr(self.train_dataset, "set_epoch"):
             self.add_callback(_DatasetEpoch(self.train_dataset))
         self._attn_implementation = attention_implementation(self.model)
+        self._component_losses: dict[str, list[float]] = {}  # mixture component -> [loss sum, weight sum]
 
     # -- loss --------------------------------------------------------------------------------------
 
@@ -76,10 +77,13 @@ class MFTTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         weights = inputs.pop("loss_weights")
+        sources = inputs.pop("source_ids", None)
         inputs["attention_mask"] = to_model_mask(inputs["attention_mask"], self._attn_implementation,
                                                  self.model.dtype)
         outputs = model(**inputs)
         weighted_sum = weighted_token_loss(outputs.logits, labels, weights)
+        if sources is not None and model.training:
+            self._record_component_losses(outputs.logits, labels, weights, sources)
         if num_items_in_batch is None:  # a lone batch (evaluation, or a caller outside train())
             loss = weighted_sum / weights.sum().clamp_min(1e-12)
         else:
@@ -88,6 +92,27 @@ class MFTTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
+    def _record_component_losses(self, logits, labels, weights, sources) -> None:
+        """Accumulate each mixture component's weighted loss until the next log."""
+        names = self.data_collator.objective.component_names
+        with torch.no_grad():
+            for index, name in enumerate(names):
+                rows = sources == index
+                if rows.any():
+                    row_weights = weights[rows]
+                    total = weighted_token_loss(logits[rows], labels[rows], row_weights)
+                    sums = self._component_losses.setdefault(name, [0.0, 0.0])
+                    sums[0] += total.item()
+                    sums[1] += row_weights.sum().item()
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._component_losses:
+            for name, (loss_sum, weight_sum) in self._component_losses.items():
+                if weight_sum > 0:
+                    logs[f"loss_{name}"] = loss_sum / weight_sum
+            self._component_losses = {}
+        super().log(logs, *args, **kwargs)
+
     # -- evaluation --------------------------------------------------------------------------------
 
     @property
@@ -95,7 +120,7 @@ class MFTTrainer(Trainer):
         if self.args.decoding:
             return self.args.decoding
         objective = getattr(self.data_collator, "objective", None)
-        return DEFAULT_DECODING.get(getattr(objective, "name", ""), "causal")
+        return default_decoding(objective) if objective is not None else "causal"
 
     def evaluate_qa(self, qa: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
         model = self.accelerator.unwrap_model(self.model)

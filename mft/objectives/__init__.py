@@ -3,15 +3,25 @@
 from .autoregressive import AR, ARReverse
 from .base import IGNORE, Objective, Row, SpecialTokens, example_generator
 from .masked import MLM, MLMU
+from .mixture import Mixture
 from .reconstruct import MaskedReconstruct, MaskedSFT
 
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (AR, ARReverse, MLM, MLMU, MaskedReconstruct, MaskedSFT)
+    cls.name: cls for cls in (AR, ARReverse, MLM, MLMU, MaskedReconstruct, MaskedSFT, Mixture)
 }
 
 # How each objective's model is decoded at evaluation time unless the recipe says otherwise.
 DEFAULT_DECODING = {"ar": "causal", "ar_reverse": "causal", "mlm": "masked", "mlm_u": "masked",
                     "masked_reconstruct": "causal", "masked_sft": "causal"}
+
+
+def default_decoding(objective: Objective) -> str:
+    """How a model trained with `objective` answers questions unless the recipe says otherwise
+    (a mixture: its heaviest component's way)."""
+    if isinstance(objective, Mixture):
+        heaviest = max(objective.mix, key=objective.mix.get)
+        return DEFAULT_DECODING[heaviest]
+    return DEFAULT_DECODING.get(objective.name, "causal")
 
 
 def build_objective(name: str, **options) -> Objective:
@@ -21,6 +31,6 @@ def build_objective(name: str, **options) -> Objective:
 
 
 __all__ = [
-    "AR", "ARReverse", "MLM", "MLMU", "MaskedReconstruct", "MaskedSFT", "IGNORE", "Objective", "Row", "SpecialTokens",
-    "OBJECTIVES", "DEFAULT_DECODING", "build_objective", "example_generator",
+    "AR", "ARReverse", "MLM", "MLMU", "MaskedReconstruct", "MaskedSFT", "Mixture", "IGNORE", "Objective", "Row", "SpecialTokens",
+    "OBJECTIVES", "DEFAULT_DECODING", "build_objective", "default_decoding", "example_generator",
 ]

@@ -39,6 +39,7 @@ class Row:
     weights: torch.Tensor
     causal: bool
     hidden: torch.Tensor | None = None  # bool [L], True = never an attention key
+    source: str = ""  # the mixture component that made the row (for per-objective loss logs)
 
     def __len__(self) -> int:
         return self.input_ids.numel()
@@ -93,6 +94,10 @@ class Objective:
 
     def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
         raise NotImplementedError
+
+    def batch_rows(self, examples: list[dict[str, Any]], generators: list[torch.Generator]) -> list[Row]:
+        """The rows of a whole batch; each example draws from its own generator."""
+        return [row for example, generator in zip(examples, generators) for row in self(example, generator)]
 
     def vocabulary_texts(self) -> list[str]:
         """Texts the objective adds to sequences (e.g. an instruction), for task vocabularies."""

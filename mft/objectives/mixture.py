@@ -1,0 +1,90 @@
+"""A mixture of objectives: each example (or each batch) is trained with one component, drawn with
+probability proportional to its weight.
+
+    objective:
+      name: mixture
+      mix: {ar: 0.5, mlm_u: 0.5}      # component -> weight
+      per: example                     # or: batch (one component for the whole batch)
+      options: {mlm_u: {weighting: uniform}}   # optional options of the components
+
+Each row remembers which component made it (`Row.source`), so the trainer logs every component's
+loss separately (`loss_ar`, `loss_mlm_u`) next to the total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from .base import Objective, Row
+
+
+@dataclass
+class Mixture(Objective):
+    name = "mixture"
+    mix: dict[str, float] = field(default_factory=dict)
+    per: Literal["example", "batch"] = "example"
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        from . import OBJECTIVES, build_objective
+
+        if not self.mix:
+            raise ValueError("objective.mix is empty; give components and weights, e.g. {ar: 0.5, mlm_u: 0.5}")
+        for component, weight in self.mix.items():
+            if component not in OBJECTIVES or component == "mixture":
+                raise ValueError(f"objective.mix: unknown objective {component!r}; choose from "
+                                 f"{', '.join(n for n in OBJECTIVES if n != 'mixture')}")
+            if not isinstance(weight, (int, float)) or weight < 0:
+                raise ValueError(f"objective.mix.{component} = {weight!r}; weights are numbers >= 0")
+        if sum(self.mix.values()) <= 0:
+            raise ValueError("objective.mix: the weights sum to 0; give at least one positive weight")
+        for component in self.options:
+            if component not in self.mix:
+                raise ValueError(f"objective.options.{component}: {component!r} is not in objective.mix")
+        if self.per not in ("example", "batch"):
+            raise ValueError(f"objective.per = {self.per!r}; use 'example' or 'batch'")
+        self.components = [build_objective(name, **self.options.get(name, {})) for name in self.mix]
+        total = sum(self.mix.values())
+        self.probabilities = torch.tensor([weight / total for weight in self.mix.values()])
+
+    @property
+    def component_names(self) -> list[str]:
+        return list(self.mix)
+
+    @property
+    def needs_mask_token(self) -> bool:
+        return any(component.needs_mask_token for component in self.components)
+
+    @property
+    def shift(self) -> bool:
+        return any(getattr(component, "shift", False) for component in self.components)
+
+    def setup(self, special, tokenizer=None) -> None:
+        super().setup(special, tokenizer)
+        for component in self.components:
+            component.setup(special, tokenizer)
+
+    def vocabulary_texts(self) -> list[str]:
+        return [text for component in self.components for text in component.vocabulary_texts()]
+
+    def draw(self, generator: torch.Generator) -> int:
+        return int(torch.multinomial(self.probabilities, 1, generator=generator).item())
+
+    def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
+        return self.rows_from(self.draw(generator), example, generator)
+
+    def rows_from(self, index: int, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
+        rows = self.components[index](example, generator)
+        for row in rows:
+            row.source = self.component_names[index]
+        return rows
+
+    def batch_rows(self, examples: list[dict[str, Any]], generators: list[torch.Generator]) -> list[Row]:
+        if self.per == "example":
+            return super().batch_rows(examples, generators)
+        index = self.draw(generators[0])  # one draw for the batch, from its first example's stream
+        return [row for example, generator in zip(examples, generators)
+                for row in self.rows_from(index, example, generator)]
