@@ -79,7 +79,7 @@ class ModelConfig:
     max_position_embeddings: int = 512
     rope_theta: float = 10000.0
     attention_dropout: float = 0.0
-    attn_implementation: Literal["eager", "sdpa"] = "sdpa"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
 
     def __post_init__(self):
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+import torch
 from transformers import set_seed
 
 from .collator import MFTCollator
@@ -24,13 +24,16 @@ from .config import Recipe, RecipeError, load_recipe
 from .data import TokenizedDataset, build_word_tokenizer, load_data_files, row_texts
 from .eval import flatten_metrics, write_report
 from .models import build_model, count_parameters, load_tokenizer
+from .models.loading import ensure_mask_token, ensure_pad_token, load_pretrained
+from .models.peft import apply_peft, quantization_config
 from .trainer import MFTTrainer, QASet
 
 USAGE = "usage: python -m mft.train RECIPE.yaml [section.key=value ...]   e.g. training.max_steps=100"
 
 
 def prepare(recipe: Recipe):
-    """Everything that can fail on bad input, before any model exists: data, tokenizer, examples."""
+    """Everything that can fail on bad input, before any model exists: data, objective, tokenizer,
+    examples. Returns (data, tokenizer, objective, train_dataset)."""
     data = recipe.build_task().build() if recipe.task_name else load_data_files(recipe.data.train_file,
                                                                                  recipe.data.qa_file)
     if not data.train:
@@ -38,34 +41,84 @@ def prepare(recipe: Recipe):
     if recipe.training.eval_strategy != "no" and not data.qa:
         raise RecipeError("training.eval_strategy asks for evaluation but there are no QA rows; add data.qa_file "
                           "or set training.eval_strategy=no")
+    if recipe.training.dataloader_persistent_workers:
+        raise RecipeError("training.dataloader_persistent_workers = true would keep every epoch's masks equal to "
+                          "the first epoch's; set it to false")
+    pretrained = bool(recipe.model.name_or_path)
+    if pretrained:
+        default_shift_for_pretrained(recipe)
     objective = recipe.build_objective()
-    if recipe.model.name_or_path:
+    if recipe.model.attn_implementation == "flash_attention_2" and objective.bidirectional:
+        raise RecipeError(f"model.attn_implementation = flash_attention_2 cannot run objective "
+                          f"{recipe.objective_name!r}, whose attention is bidirectional; use sdpa or eager")
+    if pretrained:
         tokenizer = load_tokenizer(recipe.model)
+        note = ensure_pad_token(tokenizer)
+        if note:
+            print(f"mft: {note}", flush=True)
     else:
         texts = [text for row in data.train + data.qa for text in row_texts(row)] + objective.vocabulary_texts()
         tokenizer = build_word_tokenizer(texts)
-    collator = MFTCollator(objective, tokenizer, seed=recipe.training.seed)
     train_dataset = TokenizedDataset.from_rows(tokenizer, data.train)
     longest = max(len(example["input_ids"]) for example in train_dataset.examples)
-    if not recipe.model.name_or_path and longest > recipe.model.max_position_embeddings:
+    if not pretrained and longest > recipe.model.max_position_embeddings:
         raise RecipeError(f"model.max_position_embeddings = {recipe.model.max_position_embeddings} is shorter than "
                           f"the longest training sequence ({longest} tokens); raise it")
-    return data, tokenizer, collator, train_dataset
+    return data, tokenizer, objective, train_dataset
+
+
+def default_shift_for_pretrained(recipe: Recipe) -> None:
+    """Masked objectives on a pretrained causal LM predict token i from position i-1 (shift), which
+    keeps its LM head aligned, unless the recipe says otherwise. Recorded in the resolved recipe."""
+    from .objectives import OBJECTIVES
+
+    def set_default(options: dict, name: str) -> None:
+        if "shift" in OBJECTIVES[name].options() and "shift" not in options:
+            options["shift"] = True
+
+    if recipe.objective_name == "mixture":
+        component_options = recipe.objective_options.setdefault("options", {})
+        for name in recipe.objective_options.get("mix", {}):
+            set_default(component_options.setdefault(name, {}), name)
+    else:
+        set_default(recipe.objective_options, recipe.objective_name)
+
+
+def load_model(recipe: Recipe, tokenizer, objective):
+    """The model, with a mask token when the objective needs one, wrapped for full/LoRA/QLoRA."""
+    if not recipe.model.name_or_path:
+        model = build_model(recipe.model, tokenizer)
+        return apply_peft(model, recipe.peft, gradient_checkpointing=recipe.training.gradient_checkpointing)
+    compute_dtype = torch.bfloat16 if recipe.training.bf16 else torch.float16 if recipe.training.fp16 else torch.float32
+    quantization = quantization_config(recipe.peft, compute_dtype)
+    model, _ = load_pretrained(
+        recipe.model.name_or_path, gguf_file=recipe.model.gguf_file, dtype=recipe.model.dtype,
+        attn_implementation=recipe.model.attn_implementation, trust_remote_code=recipe.model.trust_remote_code,
+        quantization_config=quantization, device_map="cpu" if quantization and recipe.training.use_cpu else None)
+    trainable_tokens = None
+    if objective.needs_mask_token:
+        had_mask_token = tokenizer.mask_token is not None
+        print(f"mft: {ensure_mask_token(tokenizer, model)}", flush=True)
+        if not had_mask_token:  # a reserved or new token: its embedding row must learn what a mask is
+            trainable_tokens = [tokenizer.mask_token_id]
+    return apply_peft(model, recipe.peft, trainable_token_ids=trainable_tokens,
+                      gradient_checkpointing=recipe.training.gradient_checkpointing)
 
 
 def run(recipe: Recipe) -> dict[str, Any]:
     args = recipe.training
-    data, tokenizer, collator, train_dataset = prepare(recipe)
+    data, tokenizer, objective, train_dataset = prepare(recipe)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "resolved_recipe.yaml").write_text(recipe.to_yaml())
 
     set_seed(args.seed)
-    model = build_model(recipe.model, tokenizer)
+    model = load_model(recipe, tokenizer, objective)
+    collator = MFTCollator(objective, tokenizer, seed=args.seed)
     trainable, total = count_parameters(model)
     print(f"mft: {recipe.objective_name} on {recipe.task_name or recipe.data.train_file}: "
           f"{len(train_dataset)} training examples, {len(data.qa)} QA items; "
-          f"trainable parameters {trainable:,} of {total:,}", flush=True)
+          f"trainable parameters {trainable:,} of {total:,} ({recipe.peft.method})", flush=True)
 
     qa = QASet(data.qa)
     trainer = MFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=qa or None,
@@ -86,8 +139,9 @@ def run(recipe: Recipe) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         title = f"{recipe.objective_name} on {recipe.task_name or Path(recipe.data.train_file).name}"
         details = {"objective": recipe.objective_name, "decoding": trainer.decoding,
-                   "steps": trainer.state.global_step, "train seconds": f"{train_seconds:.0f}",
-                   "trainable parameters": f"{trainable:,}"}
+                   "model": recipe.model.name_or_path or f"{recipe.model.architecture} from scratch",
+                   "fine-tuning": recipe.peft.method, "steps": trainer.state.global_step,
+                   "train seconds": f"{train_seconds:.0f}", "trainable parameters": f"{trainable:,}"}
         write_report(output_dir, results, trainer.state.log_history, title, details)
         summary = ", ".join(f"{d} {m['exact_match']:.3f} (n={m['n']})" for d, m in results.items())
         print(f"mft: done in {train_seconds:.0f} s; exact match: {summary or 'no QA set'}; "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..config import ModelConfig, RecipeError
@@ -33,12 +36,20 @@ def build_model(config: ModelConfig, tokenizer):
 
 
 def load_tokenizer(config: ModelConfig):
+    """The pretrained model's tokenizer, from the same source `load_pretrained` resolves."""
+    from .loading import resolve_model_source
+
     if not config.name_or_path:
         raise RecipeError("model.name_or_path is empty: a from-scratch model takes its tokenizer from the task")
-    tokenizer = AutoTokenizer.from_pretrained(config.name_or_path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    source, gguf_file = resolve_model_source(config.name_or_path, config.gguf_file)
+    kwargs = {"trust_remote_code": config.trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except OSError:
+        raise RecipeError(f"model.name_or_path = {config.name_or_path}: not found locally and the Hub is "
+                          f"unreachable; download it first or give a local path") from None
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -48,4 +59,25 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-__all__ = ["attention_implementation", "attention_mask_4d", "build_model", "count_parameters", "load_tokenizer", "to_model_mask"]
+__all__ = ["attention_implementation", "attention_mask_4d", "build_model", "count_parameters", "load_tokenizer",
+           "load_trained", "to_model_mask"]
+
+
+def load_trained(output_dir: str | Path, *, dtype: str = "auto"):
+    """(model, tokenizer) of a finished run: a full model folder, or an adapter folder whose base is
+    loaded from `base_model_name_or_path` and given the run's vocabulary (a mask token added during
+    training) before the adapter is applied."""
+    output_dir = Path(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    adapter_config = output_dir / "adapter_config.json"
+    if not adapter_config.is_file():
+        return AutoModelForCausalLM.from_pretrained(output_dir, dtype=dtype), tokenizer
+    from peft import PeftModel
+
+    from .loading import load_pretrained
+
+    base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    base, _ = load_pretrained(base_name, dtype=dtype)
+    if base.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        base.resize_token_embeddings(len(tokenizer))  # the rows trained with the adapter are restored by it
+    return PeftModel.from_pretrained(base, output_dir), tokenizer

@@ -84,6 +84,7 @@ class Objective:
 
     name: ClassVar[str]
     needs_mask_token: ClassVar[bool] = False
+    bidirectional: ClassVar[bool] = False  # whether any of its rows use bidirectional attention
 
     def setup(self, special: SpecialTokens, tokenizer=None) -> None:
         """Called once by the collator. `tokenizer` (when there is one) lets an objective build its

@@ -39,6 +39,7 @@ def stochastic_round(value: float, generator: torch.Generator) -> int:
 
 class _MaskedObjective(Objective):
     needs_mask_token = True
+    bidirectional = True
 
     def maskable(self, example: dict[str, Any]) -> torch.Tensor:
         ids = self._ids(example)

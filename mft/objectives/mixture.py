@@ -59,6 +59,10 @@ class Mixture(Objective):
         return any(component.needs_mask_token for component in self.components)
 
     @property
+    def bidirectional(self) -> bool:
+        return any(component.bidirectional for component in self.components)
+
+    @property
     def shift(self) -> bool:
         return any(getattr(component, "shift", False) for component in self.components)
 
