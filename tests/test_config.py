@@ -398,8 +398,9 @@ def _check_run_outputs(out: Path, expected_n: dict[str, int]) -> dict:
     results = json.loads((out / "eval_results.json").read_text())
     assert set(results) == {"forward", "backward"}
     for direction, metrics in results.items():
-        assert set(metrics) == {"exact_match", "n"}
+        assert set(metrics) == {"exact_match", "rouge1_recall", "n"}
         assert isinstance(metrics["exact_match"], float) and 0.0 <= metrics["exact_match"] <= 1.0
+        assert 0.0 <= metrics["rouge1_recall"] <= 1.0 and metrics["rouge1_recall"] >= metrics["exact_match"]
         assert isinstance(metrics["n"], int) and not isinstance(metrics["n"], bool)
         assert metrics["n"] == expected_n[direction]
     return results
@@ -436,9 +437,10 @@ def test_end_to_end_tiny_run(tmp_path, capsys, one_thread):
     assert resolved.training.output_dir == str(out)
 
     report = (out / "report.md").read_text()
-    assert "| direction | exact match | n |" in report
+    assert "| direction | exact match | ROUGE-1 recall | n |" in report
     for direction, metrics in results.items():
-        assert f"| {direction} | {metrics['exact_match']:.3f} | {metrics['n']} |" in report
+        assert (f"| {direction} | {metrics['exact_match']:.3f} | {metrics['rouge1_recall']:.3f} | {metrics['n']} |"
+                in report)
 
     png = (out / "accuracy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

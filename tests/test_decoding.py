@@ -212,6 +212,20 @@ def test_generate_masked_needs_a_mask_token(tokenizer):
 # exact match
 
 
+def without_rouge(metrics: dict) -> dict:
+    return {key: value for key, value in metrics.items() if key != "rouge1_recall"}
+
+
+def test_rouge1_recall_counts_reference_content_words():
+    from mft.eval import rouge1_recall
+
+    assert rouge1_recall("Paris, of course!", "The capital is Paris.") == pytest.approx(1 / 2)  # capital, paris
+    assert rouge1_recall("paris capital", "The capital is Paris.") == 1.0
+    assert rouge1_recall("Lyon", "The capital is Paris.") == 0.0
+    assert rouge1_recall("a b", "b b c") == pytest.approx(1 / 3)  # multiplicity: one of the two b's
+    assert rouge1_recall("the", "The") == 1.0 and rouge1_recall("a", "The") == 0.0  # stopword-only reference
+
+
 def test_evaluate_qa_exact_match(tokenizer, monkeypatch):
     qa = [
         {"question": "w1 w2", "answer": "w3 w4", "direction": "forward"},        # right
@@ -239,10 +253,15 @@ def test_evaluate_qa_exact_match(tokenizer, monkeypatch):
     assert calls and calls[0][1:] == ("masked", 3)
     assert model.training  # the training mode is restored
     assert set(results) == {"forward", "backward"}
-    assert results["forward"] == {"exact_match": pytest.approx(2 / 4), "n": 4}
-    assert results["backward"] == {"exact_match": pytest.approx(2 / 3), "n": 3}
+    assert without_rouge(results["forward"]) == {"exact_match": pytest.approx(2 / 4), "n": 4}
+    assert without_rouge(results["backward"]) == {"exact_match": pytest.approx(2 / 3), "n": 3}
+    # ROUGE-1 recall: per item 1, 1, 1 (w10 found), 0.5 (w12 of w12 w13) | 1, 1 (both words), 1
+    assert results["forward"]["rouge1_recall"] == pytest.approx((1 + 1 + 1 + 0.5) / 4)
+    assert results["backward"]["rouge1_recall"] == pytest.approx(1.0)
     assert mft.eval.flatten_metrics(results) == {"eval_forward_exact_match": pytest.approx(0.5),
-                                                 "eval_backward_exact_match": pytest.approx(2 / 3)}
+                                                 "eval_backward_exact_match": pytest.approx(2 / 3),
+                                                 "eval_forward_rouge1_recall": pytest.approx(0.875),
+                                                 "eval_backward_rouge1_recall": pytest.approx(1.0)}
 
 
 def test_evaluate_qa_all_right_and_all_wrong(tokenizer, monkeypatch):
@@ -253,12 +272,14 @@ def test_evaluate_qa_all_right_and_all_wrong(tokenizer, monkeypatch):
                                                         for item in qa])
     model = torch.nn.Linear(2, 2).eval()
     results = mft.eval.evaluate_qa(model, tokenizer, qa, "causal")
-    assert results == {"forward": {"exact_match": 1.0, "n": 3}, "backward": {"exact_match": 1.0, "n": 3}}
+    assert results == {"forward": {"exact_match": 1.0, "rouge1_recall": 1.0, "n": 3},
+                       "backward": {"exact_match": 1.0, "rouge1_recall": 1.0, "n": 3}}
     assert not model.training
 
     monkeypatch.setattr(mft.eval, "generate", lambda m, t, prompts, *a, **k: [[] for _ in prompts])
     results = mft.eval.evaluate_qa(model, tokenizer, qa, "causal")
-    assert results == {"forward": {"exact_match": 0.0, "n": 3}, "backward": {"exact_match": 0.0, "n": 3}}
+    assert results == {"forward": {"exact_match": 0.0, "rouge1_recall": 0.0, "n": 3},
+                       "backward": {"exact_match": 0.0, "rouge1_recall": 0.0, "n": 3}}
 
 
 def test_evaluate_qa_with_a_real_model(tokenizer):
@@ -276,4 +297,4 @@ def test_evaluate_qa_with_a_real_model(tokenizer):
         hits = [" ".join(tokenizer.decode(a, skip_special_tokens=True).lower().split()) == " ".join(item["answer"].lower().split())
                 for item, a in zip(qa, generated) if item["direction"] == direction]
         expected[direction] = {"exact_match": pytest.approx(sum(hits) / len(hits)), "n": len(hits)}
-    assert results == expected
+    assert {d: without_rouge(m) for d, m in results.items()} == expected

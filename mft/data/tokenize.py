@@ -1,7 +1,10 @@
 """From rows of text to token ids, and the task vocabulary of from-scratch models.
 
 A row becomes  [bos] + prompt + completion + [eos]  with prompt_length = 1 + len(prompt) (the BOS, when
-the tokenizer has one, belongs to the prompt). A text row has no prompt: prompt_length = 0.
+the tokenizer starts sequences with one, belongs to the prompt). A text row has no prompt:
+prompt_length = 0. With a chat template (pretrained chat models), a prompt is the template's user
+turn plus the assistant header, and the completion is the assistant's answer ended by EOS; plain
+text rows stay plain text.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
@@ -29,6 +32,10 @@ def build_word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
             vocab.setdefault(word, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # Like Llama's tokenizer it starts every sequence with BOS, which `encode_row` relies on.
+    bos = SPECIAL_TOKENS["bos_token"]
+    backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                           special_tokens=[(bos, vocab[bos])])
     return PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS)
 
 
@@ -41,15 +48,30 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def _bos(tokenizer) -> list[int]:
-    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    """[bos] when the tokenizer starts its sequences with one (Llama, Mistral), else [] (Qwen,
+    SmolLM2, whose BOS-like token belongs to the chat template)."""
+    bos = tokenizer.bos_token_id
+    starts_with_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    return [bos] if starts_with_bos else []
+
+
+def uses_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """The context given to the model at evaluation: [bos] + prompt."""
+    """The context a question or prompt is given in: the chat template's user turn followed by the
+    assistant header when the tokenizer has a chat template, else [bos] + prompt."""
+    if uses_chat_template(tokenizer):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                            add_generation_prompt=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
     return _bos(tokenizer) + _encode(tokenizer, prompt)
 
 
 def encode_completion(tokenizer, prompt: str, completion: str) -> list[int]:
+    if uses_chat_template(tokenizer):  # the assistant turn starts on a fresh line
+        return _encode(tokenizer, completion)
     # A separating space keeps BPE vocabularies on their usual word-initial tokens.
     joiner = "" if not prompt or prompt[-1].isspace() else " "
     return _encode(tokenizer, joiner + completion)
