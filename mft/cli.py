@@ -1,4 +1,5 @@
-"""`mft` command line: `mft train RECIPE [key=value ...]` and `mft data retrieval --out DIR`."""
+"""`mft` command line: `mft train RECIPE [key=value ...]`, `mft eval RUN --qa FILE` and
+`mft data TASK --out DIR`."""
 
 from __future__ import annotations
 
@@ -24,12 +25,38 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--out", required=True, help="folder for train.jsonl and qa.jsonl")
     data.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                       help="task option, e.g. --option num_pairs=500 (repeatable)")
+    evaluate = commands.add_parser("eval", help="answer a QA file with a finished run's model")
+    evaluate.add_argument("output_dir", help="the run's training.output_dir")
+    evaluate.add_argument("--qa", required=True, help='JSONL of {"question", "answer", "direction"}')
+    evaluate.add_argument("--decoding", choices=["causal", "masked"], default=None,
+                          help="default: the run's objective's (masked for mlm/mlm_u, else causal)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--out", default=None, help="JSON file for the metrics (default: RUN/eval_<qa name>.json)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "eval":
+            return evaluate_run_command(args)
         return write_task_data(args.task, args.out, args.option)
     except RecipeError as error:
         print(f"mft: error: {error}", file=sys.stderr)
         return 2
+
+
+def evaluate_run_command(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .eval import evaluate_run
+
+    results = evaluate_run(args.output_dir, args.qa, args.decoding, args.max_new_tokens, args.batch_size)
+    out = Path(args.out) if args.out else Path(args.output_dir) / f"eval_{Path(args.qa).stem}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print("| direction | exact match | ROUGE-1 recall | n |\n|---|---|---|---|")
+    for direction, metrics in results.items():
+        print(f"| {direction} | {metrics['exact_match']:.3f} | {metrics['rouge1_recall']:.3f} | {metrics['n']} |")
+    print(f"mft: written {out}")
+    return 0
 
 
 def write_task_data(task: str, out: str, options: list[str]) -> int:

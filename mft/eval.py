@@ -142,3 +142,29 @@ def plot_history(history: dict[str, list[tuple[int, float]]], path: Path, title:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
+
+
+def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | None = None, max_new_tokens: int = 32,
+                 batch_size: int = 32) -> dict[str, dict[str, Any]]:
+    """`mft eval`: answer the questions of `qa_file` with a finished run's model. The decoding and
+    the objective's shift default to the run's resolved recipe."""
+    from .config import RecipeError, read_yaml
+    from .data.schema import read_rows, validate_qa_row
+    from .models import load_trained
+    from .objectives import build_objective, default_decoding
+
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise RecipeError(f"{output_dir}: no such run folder; give the training.output_dir of a finished run")
+    if not Path(qa_file).is_file():
+        raise RecipeError(f"--qa {qa_file}: file not found")
+    qa = [validate_qa_row(location, row) for location, row in read_rows(qa_file, "--qa")]
+    if not qa:
+        raise RecipeError(f"--qa {qa_file} has no rows")
+    recipe_path = output_dir / "resolved_recipe.yaml"
+    objective_section = dict((read_yaml(recipe_path.read_text()) or {}).get("objective", {})) if recipe_path.is_file() else {}
+    objective = build_objective(objective_section.pop("name"), **objective_section) if objective_section else None
+    decoding = decoding or (default_decoding(objective) if objective is not None else "causal")
+    model, tokenizer = load_trained(output_dir)
+    return evaluate_qa(model, tokenizer, qa, decoding, max_new_tokens, batch_size,
+                       shift=bool(getattr(objective, "shift", False)))
