@@ -115,14 +115,21 @@ class PeftOptions:
 
 @dataclass
 class DataFiles:
-    """Training data from files. `train_file`: JSONL or JSON list of rows {"text": ...} or
-    {"prompt": ..., "completion": ...}. `qa_file`: JSONL of {"question", "answer", "direction"} with
-    direction "forward" or "backward", evaluated by generation."""
+    """Training data. `train_file`: JSONL or JSON list of rows {"text": ...} or {"prompt": ...,
+    "completion": ...}; or `train_dataset`: a `datasets` dataset with those columns, by Hub name or
+    by the path of a dataset saved with `save_to_disk` (split `train_split`). `qa_file`: JSONL of
+    {"question", "answer", "direction"} with direction "forward" or "backward", evaluated by
+    generation."""
 
-    train_file: str
+    train_file: str | None = None
+    train_dataset: str | None = None
+    train_split: str = "train"
     qa_file: str | None = None
 
     def __post_init__(self):
+        if (self.train_file is None) == (self.train_dataset is None):
+            raise RecipeError("data needs exactly one of data.train_file (JSONL/JSON) or data.train_dataset "
+                              "(a datasets name or saved path)")
         for name in ("train_file", "qa_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():

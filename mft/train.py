@@ -34,8 +34,11 @@ USAGE = "usage: python -m mft.train RECIPE.yaml [section.key=value ...]   e.g. t
 def prepare(recipe: Recipe):
     """Everything that can fail on bad input, before any model exists: data, objective, tokenizer,
     examples. Returns (data, tokenizer, objective, train_dataset)."""
-    data = recipe.build_task().build() if recipe.task_name else load_data_files(recipe.data.train_file,
-                                                                                 recipe.data.qa_file)
+    if recipe.task_name:
+        data = recipe.build_task().build()
+    else:
+        data = load_data_files(recipe.data.train_file, recipe.data.qa_file, recipe.data.train_dataset,
+                               recipe.data.train_split)
     if not data.train:
         raise RecipeError("the training set is empty; check the task sizes or data.train_file")
     if recipe.training.eval_strategy != "no" and not data.qa:
@@ -116,7 +119,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     model = load_model(recipe, tokenizer, objective)
     collator = MFTCollator(objective, tokenizer, seed=args.seed)
     trainable, total = count_parameters(model)
-    print(f"mft: {recipe.objective_name} on {recipe.task_name or recipe.data.train_file}: "
+    print(f"mft: {recipe.objective_name} on {recipe.task_name or recipe.data.train_file or recipe.data.train_dataset}: "
           f"{len(train_dataset)} training examples, {len(data.qa)} QA items; "
           f"trainable parameters {trainable:,} of {total:,} ({recipe.peft.method})", flush=True)
 
@@ -137,7 +140,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
         if not logged_now:  # the last step was not an eval step: record the final figures too
             trainer.log(final_metrics)
     if trainer.is_world_process_zero():
-        title = f"{recipe.objective_name} on {recipe.task_name or Path(recipe.data.train_file).name}"
+        title = f"{recipe.objective_name} on {recipe.task_name or Path(recipe.data.train_file or recipe.data.train_dataset).name}"
         details = {"objective": recipe.objective_name, "decoding": trainer.decoding,
                    "model": recipe.model.name_or_path or f"{recipe.model.architecture} from scratch",
                    "fine-tuning": recipe.peft.method, "steps": trainer.state.global_step,

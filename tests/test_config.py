@@ -484,3 +484,23 @@ def test_overriding_the_objective_name_drops_the_old_objectives_options():
     assert recipe.objective_options == {"low": 0.2}
     recipe = load_recipe(RECIPES / "retrieval_mlm.yaml", ["objective.name=mlm", "objective.rate=0.4"])
     assert recipe.objective_options == {"rate": 0.4}  # same name: the file's options stay overridable
+
+
+def test_a_saved_datasets_dataset_trains_like_a_file(tmp_path, capsys):
+    import datasets
+
+    rows = RetrievalTask(num_pairs=6).build()
+    columns = [{key: row.get(key) for key in ("text", "prompt", "completion")} for row in rows.train]
+    datasets.Dataset.from_list(columns).save_to_disk(str(tmp_path / "ds"))  # absent fields are None
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(row) + "\n" for row in rows.qa))
+    raw = data_recipe(tmp_path, tmp_path / "unused", qa)
+    raw["data"] = {"train_dataset": str(tmp_path / "ds"), "qa_file": str(qa)}
+    assert mft.train.main([write_recipe(tmp_path, raw)]) == 0
+    assert "mft: done" in capsys.readouterr().out
+    raw["data"]["train_split"] = "validation"
+    assert mft.train.main([write_recipe(tmp_path, raw)]) == 2
+    assert "data.train_split" in capsys.readouterr().err
+    raw["data"] = {"train_file": str(qa), "train_dataset": str(tmp_path / "ds")}
+    assert mft.train.main([write_recipe(tmp_path, raw)]) == 2
+    assert "exactly one of data.train_file" in capsys.readouterr().err

@@ -70,10 +70,37 @@ def validate_qa_row(location: str, row: Any) -> dict[str, str]:
     return {"question": row["question"], "answer": row["answer"], "direction": row["direction"]}
 
 
-def load_data_files(train_file: str, qa_file: str | None) -> TaskData:
-    train = [validate_train_row(loc, row) for loc, row in read_rows(train_file, "data.train_file")]
+def read_dataset_rows(name_or_path: str, split: str) -> list[tuple[str, Any]]:
+    """[(location, row)] from a `datasets` dataset: a folder saved with `save_to_disk`, or a name
+    `load_dataset` knows (from the local cache or the Hub)."""
+    import datasets
+
+    try:
+        if Path(name_or_path).is_dir():
+            dataset = datasets.load_from_disk(name_or_path)
+            if isinstance(dataset, datasets.DatasetDict):
+                dataset = dataset[split]
+            elif split != "train":
+                raise KeyError(split)  # a single saved Dataset has no other split
+        else:
+            dataset = datasets.load_dataset(name_or_path, split=split)
+    except KeyError:
+        raise RecipeError(f"data.train_split = {split!r} is not a split of {name_or_path}") from None
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as error:
+        raise RecipeError(f"data.train_dataset = {name_or_path}: cannot be loaded ({str(error).splitlines()[0]}); "
+                          f"give a saved dataset folder or a dataset in the local cache") from None
+    return [(f"{name_or_path} [{split}] row {i}", row) for i, row in enumerate(dataset)]
+
+
+def load_data_files(train_file: str | None, qa_file: str | None, train_dataset: str | None = None,
+                    train_split: str = "train") -> TaskData:
+    if train_dataset is not None:
+        located, source = read_dataset_rows(train_dataset, train_split), f"data.train_dataset {train_dataset}"
+    else:
+        located, source = read_rows(train_file, "data.train_file"), f"data.train_file {train_file}"
+    train = [validate_train_row(loc, row) for loc, row in located]
     if not train:
-        raise RecipeError(f"data.train_file {train_file} has no rows; the training set would be empty")
+        raise RecipeError(f"{source} has no rows; the training set would be empty")
     qa = []
     if qa_file:
         qa = [validate_qa_row(loc, row) for loc, row in read_rows(qa_file, "data.qa_file")]
