@@ -1,5 +1,5 @@
-"""`mft` command line: `mft train RECIPE [key=value ...]`, `mft eval RUN --qa FILE` and
-`mft data TASK --out DIR`."""
+"""`mft` command line: `mft train RECIPE [key=value ...]`, `mft eval RUN --qa FILE`,
+`mft push RUN --repo-id ID` and `mft data TASK --out DIR`."""
 
 from __future__ import annotations
 
@@ -33,8 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--max-new-tokens", type=int, default=32)
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--out", default=None, help="JSON file for the metrics (default: RUN/eval_<qa name>.json)")
+    push = commands.add_parser("push", help="publish a finished run (model or adapter, card) to the Hugging Face Hub")
+    push.add_argument("output_dir", help="the run's training.output_dir")
+    push.add_argument("--repo-id", required=True, help="e.g. your-name/mft-facts (token: `hf auth login` or $HF_TOKEN)")
+    push.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
     try:
+        if args.command == "push":
+            from .hub import push_run
+
+            print(f"mft: pushed {args.output_dir} to {push_run(args.output_dir, args.repo_id, private=args.private)}")
+            return 0
         if args.command == "eval":
             return evaluate_run_command(args)
         return write_task_data(args.task, args.out, args.option)

@@ -169,7 +169,9 @@ class Recipe:
         resolved["peft"] = dataclasses.asdict(self.peft)
         resolved["objective"] = {"name": self.objective_name, **dataclasses.asdict(self.build_objective())}
         resolved["training"] = dict(self.raw.get("training", {}))
-        return yaml.safe_dump(resolved, sort_keys=False)
+        from .hub import redact  # never write a Hub token to disk
+
+        return yaml.safe_dump(redact(resolved), sort_keys=False)
 
 
 SECTIONS = ("task", "data", "model", "peft", "objective", "training")

@@ -44,6 +44,9 @@ def prepare(recipe: Recipe):
     if recipe.training.eval_strategy != "no" and not data.qa:
         raise RecipeError("training.eval_strategy asks for evaluation but there are no QA rows; add data.qa_file "
                           "or set training.eval_strategy=no")
+    if recipe.training.push_to_hub and not recipe.training.hub_model_id:
+        raise RecipeError("training.push_to_hub = true needs training.hub_model_id (e.g. your-name/mft-quickstart); "
+                          "set it, or push later with: mft push OUTPUT_DIR --repo-id ID")
     if recipe.training.dataloader_persistent_workers:
         raise RecipeError("training.dataloader_persistent_workers = true would keep every epoch's masks equal to "
                           "the first epoch's; set it to false")
@@ -104,8 +107,11 @@ def load_model(recipe: Recipe, tokenizer, objective):
         print(f"mft: {ensure_mask_token(tokenizer, model)}", flush=True)
         if not had_mask_token:  # a reserved or new token: its embedding row must learn what a mask is
             trainable_tokens = [tokenizer.mask_token_id]
-    return apply_peft(model, recipe.peft, trainable_token_ids=trainable_tokens,
-                      gradient_checkpointing=recipe.training.gradient_checkpointing)
+    model = apply_peft(model, recipe.peft, trainable_token_ids=trainable_tokens,
+                       gradient_checkpointing=recipe.training.gradient_checkpointing)
+    if recipe.peft.method != "full":  # the adapter names the base as the recipe did, not a local cache path
+        model.peft_config["default"].base_model_name_or_path = recipe.model.name_or_path
+    return model
 
 
 def run(recipe: Recipe) -> dict[str, Any]:
@@ -124,6 +130,9 @@ def run(recipe: Recipe) -> dict[str, Any]:
           f"trainable parameters {trainable:,} of {total:,} ({recipe.peft.method})", flush=True)
 
     qa = QASet(data.qa)
+    push, hub_token = args.push_to_hub, args.hub_token
+    args.push_to_hub = False  # the Trainer neither creates the repo nor pushes: mft pushes once, at the end
+    args.hub_token = None     # and the token is never pickled into training_args.bin
     trainer = MFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=qa or None,
                          data_collator=collator, processing_class=tokenizer)
     started = time.time()
@@ -149,6 +158,11 @@ def run(recipe: Recipe) -> dict[str, Any]:
         summary = ", ".join(f"{d} {m['exact_match']:.3f} (n={m['n']})" for d, m in results.items())
         print(f"mft: done in {train_seconds:.0f} s; exact match: {summary or 'no QA set'}; "
               f"results in {output_dir}", flush=True)
+        if push:
+            from .hub import push_run
+
+            url = push_run(output_dir, args.hub_model_id, token=hub_token, private=bool(args.hub_private_repo))
+            print(f"mft: pushed {output_dir} to {url}", flush=True)
     return results
 
 
