@@ -94,3 +94,24 @@ class MFTCollator:
         else:
             attention_mask = attention_mask_4d(key_valid, causal, hidden)
         return {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "attention_mask": attention_mask}
+
+
+class SFTRowsCollator(MFTCollator):
+    """`MFTCollator` for the rows TRL's `SFTTrainer` tokenizes: {"input_ids", "labels"}, the labels
+    IGNORE on the prompt (`completion_only_loss`). mft's objectives read a prompt length instead:
+    the tokens before the first label (0 when every token is a label; with `assistant_only_loss` on
+    a multi-turn chat, everything before the first assistant token). The labels themselves are not
+    used (the objective makes its own); rows that carry `prompt_length` pass unchanged."""
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return super().__call__([self.example(row) for row in examples])
+
+    @staticmethod
+    def example(row: dict[str, Any]) -> dict[str, Any]:
+        if "prompt_length" in row or "labels" not in row:
+            return row
+        labels = list(row["labels"])
+        prompt_length = next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
+        example = {key: value for key, value in row.items() if key != "labels"}
+        example["prompt_length"] = prompt_length
+        return example

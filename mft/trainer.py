@@ -1,5 +1,9 @@
 """`MFTTrainer`: a transformers `Trainer` whose loss comes from the objective's labels and weights.
 
+The loss, its logging and the QA evaluation live in `MFTLossMixin`, which works with any `Trainer`
+subclass: `MFTTrainer` is `MFTLossMixin` + `Trainer`, and e.g. `class MaskedSFTTrainer(MFTLossMixin,
+SFTTrainer)` gives TRL's SFTTrainer the same loss (see examples/trl_sft_masked.py).
+
 The loss of one optimizer step is the weighted mean over every predicted position of every
 micro-batch (gradient accumulation) on every process:
 
@@ -26,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
+from .config import MFTConfig
 from .eval import evaluate_qa, flatten_metrics
 from .models.attention import attention_implementation, to_model_mask
 from .objectives import IGNORE, default_decoding
@@ -48,7 +53,15 @@ class _DatasetEpoch(TrainerCallback):
         self.dataset.set_epoch(math.floor((state.epoch or 0) + 1e-6))
 
 
-class MFTTrainer(Trainer):
+class MFTLossMixin:
+    """mft's loss, logging and QA evaluation for any `transformers.Trainer` subclass.
+
+    Put it first among the bases, `class MyTrainer(MFTLossMixin, SomeTrainer)`, so that its
+    `compute_loss`, `get_batch_samples`, `log` and `evaluate` come before the trainer's own; the
+    batches must come from an `MFTCollator`. `MFTTrainer` is `MFTLossMixin` on the plain `Trainer`.
+    Options read from the arguments when they are there (`MFTConfig`): `decoding`, `max_new_tokens`.
+    """
+
     loss_is_scaled_for_ga = True  # compute_loss normalises by the whole step's weight itself
 
     def __init__(self, *args, **kwargs):
@@ -117,7 +130,7 @@ class MFTTrainer(Trainer):
 
     @property
     def decoding(self) -> str:
-        if self.args.decoding:
+        if getattr(self.args, "decoding", None):
             return self.args.decoding
         objective = getattr(self.data_collator, "objective", None)
         return default_decoding(objective) if objective is not None else "causal"
@@ -125,7 +138,8 @@ class MFTTrainer(Trainer):
     def evaluate_qa(self, qa: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
         model = self.accelerator.unwrap_model(self.model)
         shift = getattr(getattr(self.data_collator, "objective", None), "shift", False)
-        return evaluate_qa(model, self.processing_class, qa, self.decoding, self.args.max_new_tokens,
+        max_new_tokens = getattr(self.args, "max_new_tokens", MFTConfig.max_new_tokens)
+        return evaluate_qa(model, self.processing_class, qa, self.decoding, max_new_tokens,
                            self.args.per_device_eval_batch_size, shift=shift)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -137,6 +151,10 @@ class MFTTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+class MFTTrainer(MFTLossMixin, Trainer):
+    """A `transformers.Trainer` whose loss comes from the objective's labels and weights."""
 
 
 def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
