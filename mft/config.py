@@ -52,6 +52,12 @@ class MFTConfig(TrainingArguments):
                           "Default: the objective's natural one."},
     )
     max_new_tokens: int = field(default=16, metadata={"help": "Longest answer generated at evaluation."})
+    attention_anneal_steps: int = field(
+        default=0,
+        metadata={"help": "Anneal bidirectional objectives from causal attention over the first N steps: at "
+                          "step t each permission to attend to a later token is kept with probability t/N. "
+                          "0 = no annealing."},
+    )
     report_to: None | str | list[str] = field(
         default_factory=_default_report_to,
         metadata={"help": "Logging integrations; tensorboard when it is installed."},

@@ -32,7 +32,7 @@ from transformers import Trainer, TrainerCallback
 
 from .config import MFTConfig
 from .eval import evaluate_qa, flatten_metrics
-from .models.attention import attention_implementation, to_model_mask
+from .models.attention import anneal_to_bidirectional, attention_implementation, to_model_mask
 from .objectives import IGNORE, default_decoding
 
 
@@ -91,6 +91,11 @@ class MFTLossMixin:
         labels = inputs.pop("labels")
         weights = inputs.pop("loss_weights")
         sources = inputs.pop("source_ids", None)
+        anneal_steps = getattr(self.args, "attention_anneal_steps", 0)
+        if anneal_steps and model.training and self.state.global_step < anneal_steps:
+            generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.global_step)
+            inputs["attention_mask"] = anneal_to_bidirectional(
+                inputs["attention_mask"], self.state.global_step / anneal_steps, generator)
         inputs["attention_mask"] = to_model_mask(inputs["attention_mask"], self._attn_implementation,
                                                  self.model.dtype)
         outputs = model(**inputs)

@@ -180,3 +180,31 @@ def test_default_decoding_follows_the_objective(tmp_path):
 def test_mlmu_objective_is_the_collators():
     tokenizer, model, collator, dataset, qa = tiny_setup()
     assert isinstance(collator.objective, MLMU)
+
+
+def test_attention_annealing_goes_from_causal_to_bidirectional(tmp_path):
+    from mft.models.attention import anneal_to_bidirectional
+
+    trainer = make_trainer(tmp_path, attention_anneal_steps=10, per_device_train_batch_size=8)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    full = batch["attention_mask"]
+    future = torch.ones(full.shape[-1], full.shape[-1], dtype=torch.bool).triu(1)
+    assert (full & future).any()
+    seen = {}
+
+    def capture(**inputs):
+        seen["mask"] = inputs["attention_mask"]
+        return original(**inputs)
+
+    original = trainer.model.forward
+    trainer.model.forward = capture
+    trainer.model.train()
+    for step, expected_fraction in [(0, 0.0), (5, 0.5), (10, 1.0)]:
+        trainer.state.global_step = step
+        trainer.compute_loss(trainer.model, {k: v.clone() for k, v in batch.items()})
+        mask = seen["mask"]
+        kept = (mask & future).sum().item() / (full & future).sum().item()
+        assert abs(kept - expected_fraction) < 0.1, (step, kept)
+        assert torch.equal(mask & ~future, full & ~future)  # the past, padding and hidden keys unchanged
+        assert not (mask & ~full).any()  # annealing only removes permissions
+    assert torch.equal(anneal_to_bidirectional(full, 1.0, torch.Generator()), full)

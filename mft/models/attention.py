@@ -33,6 +33,19 @@ def attention_mask_4d(key_valid: torch.Tensor, causal: torch.Tensor, hidden: tor
     return allowed[:, None]
 
 
+def anneal_to_bidirectional(attention_mask: torch.Tensor, progress: float, generator: torch.Generator) -> torch.Tensor:
+    """Attention annealing from causal to bidirectional: keep each permission to attend to a
+    *later* key (k > q) with probability `progress` in [0, 1], the same draw for every row, and
+    every permission to earlier keys. progress 0 = causal, 1 = the mask unchanged. Only removes
+    permissions, so padding and hidden keys stay invisible."""
+    if attention_mask.dim() != 4 or progress >= 1.0:
+        return attention_mask
+    length = attention_mask.shape[-1]
+    future = torch.ones(length, length, dtype=torch.bool).triu(1)
+    dropped = future & (torch.rand(length, length, generator=generator) >= progress)
+    return attention_mask & ~dropped.to(attention_mask.device)
+
+
 def to_model_mask(attention_mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
     """Give a bool 4D mask the form the attention implementation expects: `sdpa` takes it as is
     (True = attend); `eager` adds the mask to the scores, so it becomes 0 / dtype-min. 2D padding
