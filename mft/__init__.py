@@ -1,5 +1,11 @@
 """mft: fine-tuning with masked, factorization-agnostic objectives (and the baselines they beat)."""
 
+import logging
+
+# bitsandbytes warns at import, on every run, that it could not fetch an optional CPU kernel from
+# the Hub (the `kernels` package); its built-in fallback is used and QLoRA works, so say nothing.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 from .collator import MFTCollator, SFTRowsCollator
 from .config import MFTConfig, ModelConfig, RecipeError, load_recipe
 from .objectives import AR, MLM, MLMU, OBJECTIVES, ARReverse, build_objective
