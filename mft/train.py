@@ -51,6 +51,9 @@ def prepare(recipe: Recipe):
         raise RecipeError("training.dataloader_persistent_workers = true would keep every epoch's masks equal to "
                           "the first epoch's; set it to false")
     pretrained = bool(recipe.model.name_or_path)
+    if recipe.peft.method == "qlora" and not pretrained:
+        raise RecipeError("peft.method = qlora quantizes a pretrained model as it loads; set model.name_or_path "
+                          "or use peft.method = lora / full")
     if pretrained:
         default_shift_for_pretrained(recipe)
     objective = recipe.build_objective()

@@ -59,7 +59,8 @@ class MFTLossMixin:
     Put it first among the bases, `class MyTrainer(MFTLossMixin, SomeTrainer)`, so that its
     `compute_loss`, `get_batch_samples`, `log` and `evaluate` come before the trainer's own; the
     batches must come from an `MFTCollator`. `MFTTrainer` is `MFTLossMixin` on the plain `Trainer`.
-    Options read from the arguments when they are there (`MFTConfig`): `decoding`, `max_new_tokens`.
+    Options read from the arguments when they are there (`MFTConfig`): `decoding`, `max_new_tokens`,
+    `attention_anneal_steps`.
     """
 
     loss_is_scaled_for_ga = True  # compute_loss normalises by the whole step's weight itself

@@ -108,3 +108,12 @@ def test_qlora_without_bitsandbytes_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     with pytest.raises(RecipeError, match=r"peft.method = qlora needs bitsandbytes"):
         PeftOptions(method="qlora")
+
+
+def test_qlora_on_a_from_scratch_model_is_refused_before_building(tmp_path, capsys, monkeypatch):
+    import mft.train
+
+    monkeypatch.setattr(mft.train, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    code = mft.train.main([str(ROOT / "recipes" / "quickstart.yaml"), "peft.method=qlora",
+                           f"training.output_dir={tmp_path}"])
+    assert code == 2 and "peft.method = qlora" in capsys.readouterr().err
