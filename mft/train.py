@@ -69,10 +69,12 @@ def prepare(recipe: Recipe):
         texts = [text for row in data.train + data.qa for text in row_texts(row)] + objective.vocabulary_texts()
         tokenizer = build_word_tokenizer(texts)
     train_dataset = TokenizedDataset.from_rows(tokenizer, data.train)
-    longest = max(len(example["input_ids"]) for example in train_dataset.examples)
-    if not pretrained and longest > recipe.model.max_position_embeddings:
-        raise RecipeError(f"model.max_position_embeddings = {recipe.model.max_position_embeddings} is shorter than "
-                          f"the longest training sequence ({longest} tokens); raise it")
+    if not pretrained:  # rows can be longer than examples (masked_reconstruct shows a copy first)
+        longest_example = max(train_dataset.examples, key=lambda example: len(example["input_ids"]))
+        longest = max(len(row) for row in MFTCollator(recipe.build_objective(), tokenizer).rows(longest_example))
+        if longest > recipe.model.max_position_embeddings:
+            raise RecipeError(f"model.max_position_embeddings = {recipe.model.max_position_embeddings} is shorter "
+                              f"than the longest training sequence ({longest} tokens); raise it")
     return data, tokenizer, objective, train_dataset
 
 

@@ -125,3 +125,14 @@ def test_masked_reconstruct_trains_from_a_recipe(tmp_path):
     assert code == 0
     assert load_recipe(out / "resolved_recipe.yaml").objective_name == "masked_reconstruct"
     assert (out / "eval_results.json").exists()
+
+
+def test_the_length_check_counts_the_masked_copy(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(mft.train, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
+    # retrieval examples are at most 8 tokens and fit in 16 positions; their reconstruction rows are
+    # bos + 6 masked copy + 4 instruction words + 6 target + eos = 18 tokens
+    code = mft.train.main([recipe, "objective.name=masked_reconstruct", "model.max_position_embeddings=16",
+                           f"training.output_dir={tmp_path}"])
+    error = capsys.readouterr().err
+    assert code == 2 and "model.max_position_embeddings = 16" in error and "(18 tokens)" in error
