@@ -89,7 +89,8 @@ def default_shift_for_pretrained(recipe: Recipe) -> None:
 
     if recipe.objective_name == "mixture":
         component_options = recipe.objective_options.setdefault("options", {})
-        for name in recipe.objective_options.get("mix", {}):
+        names = recipe.objective_options.get("mix") or (recipe.objective_options.get("route") or {}).values()
+        for name in dict.fromkeys(names):
             set_default(component_options.setdefault(name, {}), name)
     else:
         set_default(recipe.objective_options, recipe.objective_name)

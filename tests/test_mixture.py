@@ -115,3 +115,19 @@ def test_mixture_recipe_trains_from_the_command_line(tmp_path):
         "training.report_to=none", "training.save_strategy=no", "training.disable_tqdm=true"])
     assert code == 0
     assert "| objective | mixture |" in (out / "report.md").read_text()
+
+
+def test_route_sends_each_row_kind_to_its_objective():
+    collator = MFTCollator(Mixture(route={"text": "mlm_u", "prompt": "ar"}, options={"ar": {"predict_prompt": False}}),
+                           TOKENIZER, seed=0)
+    text = examples(3)
+    prompted = [{**example, "prompt_length": 4, "example_index": 10 + i} for i, example in enumerate(examples(3))]
+    batch = collator(text + prompted)
+    assert batch["source_ids"].tolist() == [0, 0, 0, 1, 1, 1]
+    for row in range(3, 6):  # completion-only AR: nothing inside the prompt is a target
+        targets = (batch["labels"][row] != -100).nonzero().flatten()
+        assert targets.min() >= 3
+    with pytest.raises(ValueError, match="route"):
+        Mixture(route={"text": "ar"})
+    with pytest.raises(ValueError, match="exclude"):
+        Mixture(route={"text": "ar", "prompt": "ar"}, mix={"ar": 1.0})

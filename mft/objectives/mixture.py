@@ -7,6 +7,14 @@ probability proportional to its weight.
       per: example                     # or: batch (one component for the whole batch)
       options: {mlm_u: {weighting: uniform}}   # optional options of the components
 
+Or route by row kind: text rows (documents) to one objective, prompt/completion rows to another,
+e.g. documents with masked fine-tuning and questions with completion-only AR:
+
+    objective:
+      name: mixture
+      route: {text: masked_reconstruct, prompt: ar}
+      options: {ar: {predict_prompt: false}}
+
 Each row remembers which component made it (`Row.source`), so the trainer logs every component's
 loss separately (`loss_ar`, `loss_mlm_u`) next to the total.
 """
@@ -27,10 +35,17 @@ class Mixture(Objective):
     mix: dict[str, float] = field(default_factory=dict)
     per: Literal["example", "batch"] = "example"
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    route: dict[str, str] | None = None
 
     def __post_init__(self):
         from . import OBJECTIVES, build_objective
 
+        if self.route is not None:
+            if set(self.route) != {"text", "prompt"}:
+                raise ValueError("objective.route maps both row kinds to an objective: {text: ..., prompt: ...}")
+            if self.mix:
+                raise ValueError("objective.route and objective.mix exclude each other; give one")
+            self.mix = {name: 1.0 for name in dict.fromkeys(self.route.values())}
         if not self.mix:
             raise ValueError("objective.mix is empty; give components and weights, e.g. {ar: 0.5, mlm_u: 0.5}")
         for component, weight in self.mix.items():
@@ -78,6 +93,9 @@ class Mixture(Objective):
         return int(torch.multinomial(self.probabilities, 1, generator=generator).item())
 
     def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
+        if self.route is not None:
+            kind = "prompt" if example.get("prompt_length", 0) > 0 else "text"
+            return self.rows_from(self.component_names.index(self.route[kind]), example, generator)
         return self.rows_from(self.draw(generator), example, generator)
 
     def rows_from(self, index: int, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
