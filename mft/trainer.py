@@ -100,9 +100,10 @@ class MFTLossMixin:
         inputs["attention_mask"] = to_model_mask(inputs["attention_mask"], self._attn_implementation,
                                                  self.model.dtype)
         outputs = model(**inputs)
-        weighted_sum = weighted_token_loss(outputs.logits, labels, weights)
+        per_position = weighted_position_losses(outputs.logits, labels, weights)
+        weighted_sum = per_position.sum()
         if sources is not None and model.training:
-            self._record_component_losses(outputs.logits, labels, weights, sources)
+            self._record_component_losses(per_position.detach(), weights, sources)
         if num_items_in_batch is None:  # a lone batch (evaluation, or a caller outside train())
             loss = weighted_sum / weights.sum().clamp_min(1e-12)
         else:
@@ -111,18 +112,15 @@ class MFTLossMixin:
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
-    def _record_component_losses(self, logits, labels, weights, sources) -> None:
-        """Accumulate each mixture component's weighted loss until the next log."""
-        names = self.data_collator.objective.component_names
-        with torch.no_grad():
-            for index, name in enumerate(names):
-                rows = sources == index
-                if rows.any():
-                    row_weights = weights[rows]
-                    total = weighted_token_loss(logits[rows], labels[rows], row_weights)
-                    sums = self._component_losses.setdefault(name, [0.0, 0.0])
-                    sums[0] += total.item()
-                    sums[1] += row_weights.sum().item()
+    def _record_component_losses(self, per_position, weights, sources) -> None:
+        """Accumulate each mixture component's weighted loss until the next log (from the losses
+        already computed for the step: no second pass over the vocabulary)."""
+        for index, name in enumerate(self.data_collator.objective.component_names):
+            rows = sources == index
+            if rows.any():
+                sums = self._component_losses.setdefault(name, [0.0, 0.0])
+                sums[0] += per_position[rows].sum().item()
+                sums[1] += weights[rows].sum().item()
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs and self._component_losses:
@@ -163,8 +161,14 @@ class MFTTrainer(MFTLossMixin, Trainer):
     """A `transformers.Trainer` whose loss comes from the objective's labels and weights."""
 
 
-def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_i w_i * CE(logits_i, labels_i) over the positions whose label is not IGNORE."""
+def weighted_position_losses(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[B, L]: w_i * CE(logits_i, labels_i) where the label is not IGNORE, 0 elsewhere."""
     selected = labels != IGNORE
     token_loss = F.cross_entropy(logits[selected].float(), labels[selected], reduction="none")
-    return (token_loss * weights[selected]).sum()
+    return torch.zeros(labels.shape, dtype=token_loss.dtype, device=token_loss.device).masked_scatter(
+        selected, token_loss * weights[selected])
+
+
+def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_i w_i * CE(logits_i, labels_i) over the positions whose label is not IGNORE."""
+    return weighted_position_losses(logits, labels, weights).sum()
