@@ -14,6 +14,9 @@ def test_facts_are_unique_name_first_and_deterministic():
     names, descriptions = zip(*people)
     assert len(set(names)) == 40 and len(set(descriptions)) == 40
     assert len({name.split()[0] for name in names}) == 40  # no two people share a first name
+    from mft.data.facts import ADJECTIVES
+    without_adjective = {next(d.replace(f" {a} ", " ", 1) for a in ADJECTIVES if f" {a} " in d) for d in descriptions}
+    assert len(without_adjective) == 40  # distinctive: no two differ by the adjective alone
     data = task.build()
     statements = [row["text"] for row in data.train if "text" in row]
     assert sorted(statements) == sorted(f"{n} is {d}." for n, d in people)  # each fact once, name first

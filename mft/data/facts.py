@@ -57,8 +57,9 @@ class FactsTask:
     seed: int = 0
 
     def __post_init__(self):
-        if not 1 <= self.num_people <= len(FIRST):
-            raise ValueError(f"task.num_people = {self.num_people}; use between 1 and {len(FIRST)}")
+        most = min(len(FIRST), sum(len(things) for things in THINGS.values()))
+        if not 1 <= self.num_people <= most:
+            raise ValueError(f"task.num_people = {self.num_people}; use between 1 and {most}")
         if not 0.0 <= self.qa_fraction < 1.0:
             raise ValueError(f"task.qa_fraction = {self.qa_fraction}; use a fraction in [0, 1) (some people "
                              f"must be held out for evaluation)")
@@ -67,9 +68,11 @@ class FactsTask:
         """(name, description) pairs: distinct first names, distinct descriptions."""
         rng = random.Random(self.seed)
         firsts, lasts = rng.sample(FIRST, len(FIRST)), rng.sample(LAST, len(LAST))
-        descriptions = [f"{role} the {adjective} {thing}" for role in ROLES for adjective in ADJECTIVES
-                        for thing in THINGS[role]]
-        rng.shuffle(descriptions)
+        # Every person gets a (role, thing) pair of their own, so two descriptions never differ by
+        # the adjective alone: each description is distinctive, not a near-copy of another.
+        pairs = [(role, thing) for role in ROLES for thing in THINGS[role]]
+        rng.shuffle(pairs)
+        descriptions = [f"{role} the {rng.choice(ADJECTIVES)} {thing}" for role, thing in pairs]
         names = [f"{firsts[i]} {lasts[i % len(lasts)]}" for i in range(self.num_people)]
         return list(zip(names, descriptions))
 
