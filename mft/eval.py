@@ -54,7 +54,10 @@ def rouge1_recall(prediction: str, reference: str) -> float:
 
 
 def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str, max_new_tokens: int = 16,
-                batch_size: int = 64, shift: bool = False) -> dict[str, dict[str, Any]]:
+                batch_size: int = 64, shift: bool = False,
+                predictions: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Exact match and ROUGE-1 recall per direction; each answer given is appended to `predictions`
+    (question, answer, direction, prediction, exact_match) when a list is passed."""
     was_training = model.training
     model.eval()
     try:
@@ -63,6 +66,9 @@ def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str, max_n
     finally:
         model.train(was_training)
     texts = [tokenizer.decode(answer, skip_special_tokens=True) for answer in answers]
+    if predictions is not None:
+        predictions.extend({**item, "prediction": text, "exact_match": normalize(text) == normalize(item["answer"])}
+                           for item, text in zip(qa, texts))
     results: dict[str, dict[str, Any]] = {}
     for direction in DIRECTIONS:
         pairs = [(text, item["answer"]) for item, text in zip(qa, texts) if item["direction"] == direction]
@@ -93,11 +99,15 @@ def accuracy_history(log_history: list[dict[str, Any]]) -> dict[str, list[tuple[
 
 
 def write_report(output_dir: str | Path, results: dict[str, dict[str, Any]], log_history: list[dict[str, Any]],
-                 title: str, details: dict[str, Any]) -> None:
-    """eval_results.json, report.md (a table) and accuracy.png (accuracy over training steps)."""
+                 title: str, details: dict[str, Any], predictions: list[dict[str, Any]] | None = None) -> None:
+    """eval_results.json, report.md (a table), accuracy.png (accuracy over training steps) and
+    predictions.jsonl (every question with the answer the model gave), when `predictions` is given."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if predictions is not None:
+        with open(output_dir / "predictions.jsonl", "w") as file:
+            file.writelines(json.dumps(row) + "\n" for row in predictions)
     history = accuracy_history(log_history)
     has_plot = plot_history(history, output_dir / "accuracy.png", title)
 

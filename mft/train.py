@@ -146,9 +146,9 @@ def run(recipe: Recipe) -> dict[str, Any]:
     train_seconds = time.time() - started
     trainer.save_model()
 
-    results = {}
+    results, predictions = {}, []
     if qa:
-        results = trainer.evaluate_qa(qa)
+        results = trainer.evaluate_qa(qa, predictions)
         final_metrics = flatten_metrics(results)
         logged_now = any(entry.get("step") == trainer.state.global_step and final_metrics.keys() <= entry.keys()
                          for entry in trainer.state.log_history)
@@ -160,7 +160,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
                    "model": recipe.model.name_or_path or f"{recipe.model.architecture} from scratch",
                    "fine-tuning": recipe.peft.method, "steps": trainer.state.global_step,
                    "train seconds": f"{train_seconds:.0f}", "trainable parameters": f"{trainable:,}"}
-        write_report(output_dir, results, trainer.state.log_history, title, details)
+        write_report(output_dir, results, trainer.state.log_history, title, details, predictions if qa else None)
         summary = ", ".join(f"{d} {m['exact_match']:.3f} (n={m['n']})" for d, m in results.items())
         print(f"mft: done in {train_seconds:.0f} s; exact match: {summary or 'no QA set'}; "
               f"results in {output_dir}", flush=True)

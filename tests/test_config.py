@@ -442,6 +442,13 @@ def test_end_to_end_tiny_run(tmp_path, capsys, one_thread):
         assert (f"| {direction} | {metrics['exact_match']:.3f} | {metrics['rouge1_recall']:.3f} | {metrics['n']} |"
                 in report)
 
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    for direction, metrics in results.items():
+        rows = [row for row in predictions if row["direction"] == direction]
+        assert len(rows) == metrics["n"]
+        assert sum(row["exact_match"] for row in rows) / len(rows) == pytest.approx(metrics["exact_match"])
+        assert all(isinstance(row["prediction"], str) and row["question"] and row["answer"] for row in rows)
+
     png = (out / "accuracy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
