@@ -58,6 +58,16 @@ class MFTConfig(TrainingArguments):
                           "step t each permission to attend to a later token is kept with probability t/N. "
                           "0 = no annealing."},
     )
+    full_logits: bool = field(
+        default=False,
+        metadata={"help": "Compute full-vocabulary logits at every position, the straightforward path. By "
+                          "default the LM head runs only on the positions a loss is taken at, in chunks."},
+    )
+    logits_chunk_size: int = field(
+        default=2048,
+        metadata={"help": "Predicted positions per LM-head chunk; above one chunk each chunk's logits are "
+                          "recomputed in the backward pass instead of being kept."},
+    )
     report_to: None | str | list[str] = field(
         default_factory=_default_report_to,
         metadata={"help": "Logging integrations; tensorboard when it is installed."},

@@ -16,6 +16,15 @@ gradient of the step's loss: accumulating k micro-batches of size b equals one b
 Under data parallelism the per-process loss is multiplied by the number of processes because DDP /
 DeepSpeed average gradients across processes.
 
+Logits only where a loss is taken. A masked objective predicts a fraction of the positions and a
+reconstruction objective only its target, yet a causal LM's forward computes vocabulary-sized
+logits everywhere. During training mft lets the model run up to its final hidden states, keeps the
+hidden states h_i of the predicted positions (labels != IGNORE), and applies the LM head to them in
+chunks of `logits_chunk_size`: the same numbers as the full path (a test checks loss and gradients),
+without the [batch, length, vocab] tensor. `full_logits=True` restores the straightforward path.
+(Written by hand: transformers' `logits_to_keep` keeps the same columns for every row, and the fused
+linear cross-entropy kernels we know of need a GPU.)
+
 Everything else is the Trainer's: optimizer, schedule, logging (`report_to`), checkpoints,
 `resume_from_checkpoint`, seeds. Evaluation on a `QASet` (forward/backward questions) is by
 generation, see `mft.eval`; any other eval dataset gets the Trainer's usual loss evaluation.
@@ -28,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from transformers import Trainer, TrainerCallback
 
 from .config import MFTConfig
@@ -99,8 +109,16 @@ class MFTLossMixin:
                 inputs["attention_mask"], self.state.global_step / anneal_steps, generator)
         inputs["attention_mask"] = to_model_mask(inputs["attention_mask"], self._attn_implementation,
                                                  self.model.dtype)
-        outputs = model(**inputs)
-        per_position = weighted_position_losses(outputs.logits, labels, weights)
+        selected_only = model.training and not return_outputs and not getattr(self.args, "full_logits", False)
+        head = self._output_head(model) if selected_only else None
+        if head is None:
+            outputs = model(**inputs)
+            per_position = weighted_position_losses(outputs.logits, labels, weights)
+        else:
+            with keep_predicted_hidden_states(head, labels != IGNORE) as kept:
+                outputs = model(**inputs)
+            per_position = selected_position_losses(head, kept.hidden, labels, weights,
+                                                    getattr(self.args, "logits_chunk_size", 2048))
         weighted_sum = per_position.sum()
         if sources is not None and model.training:
             self._record_component_losses(per_position.detach(), weights, sources)
@@ -111,6 +129,16 @@ class MFTLossMixin:
             if self.args.world_size > 1:
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def _output_head(self, model):
+        """The LM head when its output is the logits as they are (no scaling or soft-capping after
+        it, which the selected path would skip); None otherwise."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        config = getattr(unwrapped, "config", None)
+        if any(getattr(config, name, None) for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+            return None
+        head = unwrapped.get_output_embeddings() if hasattr(unwrapped, "get_output_embeddings") else None
+        return head if isinstance(head, torch.nn.Module) else None
 
     def _record_component_losses(self, per_position, weights, sources) -> None:
         """Accumulate each mixture component's weighted loss until the next log (from the losses
@@ -139,12 +167,12 @@ class MFTLossMixin:
         objective = getattr(self.data_collator, "objective", None)
         return default_decoding(objective) if objective is not None else "causal"
 
-    def evaluate_qa(self, qa: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
+    def evaluate_qa(self, qa: list[dict[str, str]], predictions: list | None = None) -> dict[str, dict[str, Any]]:
         model = self.accelerator.unwrap_model(self.model)
         shift = getattr(getattr(self.data_collator, "objective", None), "shift", False)
         max_new_tokens = getattr(self.args, "max_new_tokens", MFTConfig.max_new_tokens)
         return evaluate_qa(model, self.processing_class, qa, self.decoding, max_new_tokens,
-                           self.args.per_device_eval_batch_size, shift=shift)
+                           self.args.per_device_eval_batch_size, shift=shift, predictions=predictions)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -167,6 +195,51 @@ def weighted_position_losses(logits: torch.Tensor, labels: torch.Tensor, weights
     token_loss = F.cross_entropy(logits[selected].float(), labels[selected], reduction="none")
     return torch.zeros(labels.shape, dtype=token_loss.dtype, device=token_loss.device).masked_scatter(
         selected, token_loss * weights[selected])
+
+
+class keep_predicted_hidden_states:
+    """Context manager: while the model runs, the LM head receives no positions (its output is an
+    empty [batch, 0, vocab] tensor) and the hidden states of the `selected` [batch, length]
+    positions are kept in `.hidden` ([N, hidden], row-major order, as `tensor[selected]`)."""
+
+    def __init__(self, head: torch.nn.Module, selected: torch.Tensor):
+        self.head, self.selected, self.hidden = head, selected, None
+
+    def _hook(self, module, args, kwargs):
+        hidden_states = args[0]
+        self.hidden = hidden_states[self.selected.to(hidden_states.device)]
+        return (hidden_states[:, :0],) + tuple(args[1:]), kwargs
+
+    def __enter__(self):
+        self.handle = self.head.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+        if exc[0] is None and self.hidden is None:
+            raise RuntimeError("the model never called its output embeddings; set training.full_logits: true")
+
+
+def selected_position_losses(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+                             weights: torch.Tensor, chunk_size: int = 2048) -> torch.Tensor:
+    """[B, L]: w_i * CE(head(h_i), labels_i) at the selected positions (labels != IGNORE), 0 elsewhere,
+    from their hidden states h ([N, hidden]). The head runs on at most `chunk_size` positions at a
+    time; with more than one chunk each chunk is checkpointed (its logits recomputed in backward)."""
+    selected = labels != IGNORE
+    targets = labels[selected].to(hidden.device)
+
+    def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h).float(), y, reduction="none")
+
+    if hidden.shape[0] <= chunk_size:
+        token_loss = chunk_loss(hidden, targets)
+    else:
+        token_loss = torch.cat([
+            torch.utils.checkpoint.checkpoint(chunk_loss, h, y, use_reentrant=False)
+            for h, y in zip(hidden.split(chunk_size), targets.split(chunk_size))
+        ])
+    return torch.zeros(labels.shape, dtype=token_loss.dtype, device=token_loss.device).masked_scatter(
+        selected.to(token_loss.device), token_loss * weights[selected].to(token_loss.device))
 
 
 def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
