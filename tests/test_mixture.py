@@ -130,4 +130,13 @@ def test_route_sends_each_row_kind_to_its_objective():
     with pytest.raises(ValueError, match="route"):
         Mixture(route={"text": "ar"})
     with pytest.raises(ValueError, match="exclude"):
-        Mixture(route={"text": "ar", "prompt": "ar"}, mix={"ar": 1.0})
+        Mixture(route={"text": "ar", "prompt": "ar"}, mix={"ar": 0.5, "mlm_u": 0.5})
+
+
+def test_a_routed_recipe_resolves_to_a_loadable_recipe(tmp_path):
+    """resolved_recipe.yaml (which `mft eval` and a rerun read) repeats the mix the route implies."""
+    from mft.config import load_recipe
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "smollm2_facts_masked.yaml")
+    assert recipe.build_objective().route == {"text": "masked_reconstruct", "prompt": "ar"}
+    (tmp_path / "resolved.yaml").write_text(recipe.to_yaml())
+    assert load_recipe(tmp_path / "resolved.yaml").build_objective() == recipe.build_objective()

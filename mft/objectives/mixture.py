@@ -43,9 +43,11 @@ class Mixture(Objective):
         if self.route is not None:
             if set(self.route) != {"text", "prompt"}:
                 raise ValueError("objective.route maps both row kinds to an objective: {text: ..., prompt: ...}")
-            if self.mix:
+            routed = {name: 1.0 for name in dict.fromkeys(self.route.values())}
+            # A resolved recipe repeats the mix that the route implies; any other mix is a conflict.
+            if self.mix and self.mix != routed:
                 raise ValueError("objective.route and objective.mix exclude each other; give one")
-            self.mix = {name: 1.0 for name in dict.fromkeys(self.route.values())}
+            self.mix = routed
         if not self.mix:
             raise ValueError("objective.mix is empty; give components and weights, e.g. {ar: 0.5, mlm_u: 0.5}")
         for component, weight in self.mix.items():
