@@ -388,6 +388,28 @@ def test_masked_objective_needs_mask_token(cls):
 # --- shift: the logits at i-1 predict the masked token i (pretrained causal LMs) -----------------
 
 
+@pytest.mark.parametrize("start", ["bos", "eos"])
+def test_shift_puts_a_start_token_before_a_sequence_without_bos(start):
+    """Tokenizers without BOS (SmolLM2, Qwen): under shift the first content token (a document's
+    first name token) is maskable and predicted from a start token put in front of it."""
+    special = SpecialTokens(mask_token_id=MASK, fixed_ids=frozenset({PAD, UNK, MASK} | ({BOS} if start == "bos" else set())),
+                            bos_token_id=BOS if start == "bos" else None, eos_token_id=EOS)
+    objective = MLMU(shift=True, low=1.0, high=1.0, predict_prompt=False)
+    objective.setup(special)
+    document = {"input_ids": [10, 11, 12, EOS], "prompt_length": 0}
+    row = objective(document, torch.Generator().manual_seed(0))[0]
+    start_id = BOS if start == "bos" else EOS
+    assert row.input_ids.tolist() == [start_id, MASK, MASK, MASK, MASK]  # everything after the start masked
+    assert row.labels.tolist() == [10, 11, 12, EOS, IGNORE]  # 10 is predicted, from position 0
+    prompted = {"input_ids": [20, 21, 10, 11, EOS], "prompt_length": 2}
+    row = objective(prompted, torch.Generator().manual_seed(0))[0]
+    assert row.input_ids.tolist() == [start_id, 20, 21, MASK, MASK, MASK]  # the prompt stays visible
+    assert row.labels.tolist() == [IGNORE, IGNORE, 10, 11, EOS, IGNORE]
+    with_bos = {"input_ids": [BOS, 10, 11, EOS], "prompt_length": 0}
+    objective.setup(SPECIAL)
+    assert len(objective(with_bos, torch.Generator().manual_seed(0))[0]) == 4  # already has its start
+
+
 @pytest.mark.parametrize("objective_class", [MLM, MLMU])
 def test_shift_moves_every_label_one_position_left(objective_class):
     ids = torch.tensor([BOS, *range(10, 30), EOS])

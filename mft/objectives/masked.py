@@ -8,7 +8,8 @@ Nothing outside S is predicted.
 
 `shift=True` moves each prediction one position left: the logits at position i-1 predict the masked
 x_i (as next-token prediction does), which keeps a pretrained causal LM's head aligned with what it
-learnt; position 0 is then never masked. `shift=False` (default for from-scratch models): the
+learnt; position 0 is then never masked, so a sequence that starts with a content token (no BOS)
+gets the tokenizer's BOS (else EOS) in front. `shift=False` (default for from-scratch models): the
 logits at i predict x_i. `mft.train` turns shift on for pretrained models unless the recipe says.
 
 `attend_to_masked=False` (default, as in the factorization-curse paper's model): masked positions
@@ -41,17 +42,29 @@ class _MaskedObjective(Objective):
     needs_mask_token = True
     bidirectional = True
 
+    def _ids_and_prompt_length(self, example: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """The example's ids, with a start token put in front when `shift` is on and the sequence
+        begins with a content token (tokenizers that add no BOS, e.g. Qwen, SmolLM2): the first token
+        of a document, often a name, must be maskable and predicted too, and under shift only a
+        position to its left can predict it. Start token: the tokenizer's BOS, else its EOS."""
+        ids, prompt_length = self._ids(example), example.get("prompt_length", 0)
+        if self.shift and len(ids) and not self._fixed(ids[:1]).item():
+            start = self.special.bos_token_id if self.special.bos_token_id is not None else self.special.eos_token_id
+            if start is not None:
+                ids, prompt_length = torch.cat([ids.new_tensor([start]), ids]), prompt_length + (prompt_length > 0)
+        return ids, prompt_length
+
     def maskable(self, example: dict[str, Any]) -> torch.Tensor:
-        ids = self._ids(example)
+        ids, prompt_length = self._ids_and_prompt_length(example)
         maskable = ~self._fixed(ids)
         if not self.predict_prompt:
-            maskable[: example.get("prompt_length", 0)] = False
+            maskable[:prompt_length] = False
         if self.shift:
             maskable[0] = False  # nothing to its left predicts it
         return maskable
 
     def masked_row(self, example: dict[str, Any], rate: float, generator: torch.Generator) -> Row:
-        ids = self._ids(example)
+        ids, _ = self._ids_and_prompt_length(example)
         candidates = self.maskable(example).nonzero().flatten()
         num_maskable = len(candidates)
         num_masked = min(max(stochastic_round(rate * num_maskable, generator), self.min_masked), num_maskable)
