@@ -20,8 +20,8 @@ batch (masking included) as a fraction of the step: an upper bound of the time a
 data with `dataloader_num_workers: 0` (workers hide it entirely).
 
 Peak memory: on a GPU, `torch.cuda.max_memory_allocated` per variant; on CPU, the peak resident
-memory of a fresh process that runs two steps of one variant, minus its resident memory before
-the first step (`--memory-only VARIANT` is that process).
+memory (sampled every 5 ms) of a fresh process while it runs two steps of one variant, minus its
+resident memory before the first step (`--memory-only VARIANT` is that process).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -159,15 +159,27 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--variants", nargs="*", default=VARIANTS)
     parser.add_argument("--memory-only", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no-memory", action="store_true", help="skip the CPU memory processes")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput.json"))
     args = parser.parse_args()
 
     bench = Bench(args)
     if args.memory_only:  # a fresh process: peak resident memory of two steps of one variant
-        before = rss_mib()
+        # (ru_maxrss would include the peak of loading the model, so RSS is sampled during the steps)
+        before, peak, done = rss_mib(), [0.0], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_mib())
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         for _ in range(2):
             bench.step(args.memory_only)
-        print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before}))
+        done.set()
+        sampler.join()
+        print(json.dumps({"peak_mib": peak[0] - before}))
         return
 
     times: dict[str, list[tuple[float, float, int]]] = {v: [] for v in args.variants}
@@ -182,7 +194,7 @@ def main() -> None:
             if round_index >= args.warmup:
                 times[variant].append(measured)
         print(f"round {round_index + 1}/{args.warmup + args.steps}", flush=True)
-    if bench.device == "cpu":
+    if bench.device == "cpu" and not args.no_memory:
         for variant in args.variants:
             command = [sys.executable, __file__, "--memory-only", variant, "--model", args.model, "--batch",
                        str(args.batch), "--seq", str(args.seq), "--lora-r", str(args.lora_r), "--attn", args.attn]
@@ -197,14 +209,14 @@ def main() -> None:
         tokens = times[variant][0][2]
         rows.append({"variant": variant, "step_s": round(step, 3), "tokens_per_s": round(tokens / step, 1),
                      "vs_mft_ar": round(step / reference, 3) if reference else None,
-                     "collate_fraction": round(collate / (collate + step), 4), "peak_mib": round(memory[variant], 1)})
+                     "collate_fraction": round(collate / (collate + step), 4), "peak_mib": round(memory[variant], 1) if variant in memory else None})
     device = torch.cuda.get_device_name() if bench.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{args.model}, LoRA r={args.lora_r}, batch {args.batch} x {args.seq} tokens, {args.attn}, "
           f"{'bf16' if args.bf16 else 'fp32'}, {device}; median of {args.steps} interleaved steps\n")
     print("| variant | step s | tokens/s | x mft ar | collate share | peak MiB |\n|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['variant']} | {row['step_s']:.2f} | {row['tokens_per_s']:.0f} | {row['vs_mft_ar']} | "
-              f"{row['collate_fraction']:.1%} | {row['peak_mib']:.0f} |")
+              f"{row['collate_fraction']:.1%} | {row['peak_mib'] if row['peak_mib'] is not None else '-'} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"model": args.model, "lora_r": args.lora_r, "batch": args.batch,
                                           "seq": args.seq, "attn": args.attn, "bf16": args.bf16, "device": device,
