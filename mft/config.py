@@ -74,6 +74,13 @@ class MFTConfig(TrainingArguments):
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "mft's collator needs every column."})
 
+    def __post_init__(self):
+        if self.logits_chunk_size < 1:
+            raise ValueError(f"logits_chunk_size = {self.logits_chunk_size}; use a positive number of positions")
+        if self.attention_anneal_steps < 0:
+            raise ValueError(f"attention_anneal_steps = {self.attention_anneal_steps}; use 0 (off) or more steps")
+        super().__post_init__()
+
 
 @dataclass
 class ModelConfig:

@@ -298,6 +298,13 @@ def test_bad_override_syntax(tmp_path, capsys, no_model):
     assert "section.key=value" in line
 
 
+@pytest.mark.parametrize("override, field", [("training.logits_chunk_size=0", "logits_chunk_size"),
+                                             ("training.attention_anneal_steps=-5", "attention_anneal_steps")])
+def test_bad_mft_training_values_are_one_line(tmp_path, capsys, no_model, override, field):
+    line = error_line(capsys, [write_recipe(tmp_path, tiny_raw(tmp_path)), override])
+    assert field in line
+
+
 def test_yaml_1e_minus_4_is_accepted_for_a_float(tmp_path):
     raw = tiny_raw(tmp_path)
     raw["training"]["learning_rate"] = 0.5

@@ -54,8 +54,8 @@ class _MaskedObjective(Objective):
                 ids, prompt_length = torch.cat([ids.new_tensor([start]), ids]), prompt_length + (prompt_length > 0)
         return ids, prompt_length
 
-    def maskable(self, example: dict[str, Any]) -> torch.Tensor:
-        ids, prompt_length = self._ids_and_prompt_length(example)
+    def maskable(self, ids: torch.Tensor, prompt_length: int) -> torch.Tensor:
+        """Bool [L] over `_ids_and_prompt_length`'s ids: the positions a draw may mask."""
         maskable = ~self._fixed(ids)
         if not self.predict_prompt:
             maskable[:prompt_length] = False
@@ -64,8 +64,8 @@ class _MaskedObjective(Objective):
         return maskable
 
     def masked_row(self, example: dict[str, Any], rate: float, generator: torch.Generator) -> Row:
-        ids, _ = self._ids_and_prompt_length(example)
-        candidates = self.maskable(example).nonzero().flatten()
+        ids, prompt_length = self._ids_and_prompt_length(example)
+        candidates = self.maskable(ids, prompt_length).nonzero().flatten()
         num_maskable = len(candidates)
         num_masked = min(max(stochastic_round(rate * num_maskable, generator), self.min_masked), num_maskable)
         chosen = candidates[torch.randperm(num_maskable, generator=generator)[:num_masked]]
