@@ -92,7 +92,7 @@ class MFTCollator:
         if causal.all():
             attention_mask = key_valid.long()
         else:
-            attention_mask = attention_mask_4d(key_valid, causal, hidden)
+            attention_mask = attention_mask_4d(key_valid, causal, hidden, torch.tensor([row.sink for row in rows]))
         return {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "attention_mask": attention_mask}
 
 

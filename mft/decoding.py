@@ -4,7 +4,8 @@
 
 `masked`: left-to-right masked decoding, as in the factorization-curse paper. Given the context
 x_<n, append one mask slot at position n, run the model with bidirectional attention (the slot is
-not a key for anyone, see `mft.objectives.masked`), take the arg-max token at the slot, write it in,
+not a key for anyone, see `mft.objectives.masked`; with `keep_sink` position 0 sees only itself, as
+in training), take the arg-max token at the slot, write it in,
 and repeat with the next slot until the end-of-sequence token or `max_new_tokens`. This asks the
 model exactly what MLM-U training asked it: predict a masked token from the visible ones.
 Special tokens other than EOS (mask, pad, bos, ...) are never generated.
@@ -38,7 +39,7 @@ def generate_causal(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 
 @torch.no_grad()
 def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-                    shift: bool = False) -> list[list[int]]:
+                    shift: bool = False, keep_sink: bool = False) -> list[list[int]]:
     """Left-to-right masked decoding (one mask slot at a time), greedy; see the module docstring.
     With `shift` (a model trained with a shifted masked objective) the slot's token is read from
     the logits one position to its left."""
@@ -65,7 +66,8 @@ def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
             input_ids[b, : len(row)] = torch.tensor(row)
             key_valid[b, : len(row)] = True
             hidden[b, len(row) - 1] = True
-        mask = attention_mask_4d(key_valid, torch.zeros(len(rows), dtype=torch.bool), hidden)
+        mask = attention_mask_4d(key_valid, torch.zeros(len(rows), dtype=torch.bool), hidden,
+                                 torch.full((len(rows),), keep_sink))
         logits = model(input_ids=input_ids.to(device), attention_mask=to_model_mask(mask.to(device), attention_implementation(model), dtype)).logits
         slot_logits = logits[torch.arange(len(rows)), (slots - int(shift)).to(device)].float()
         slot_logits[:, banned] = float("-inf")
@@ -82,12 +84,12 @@ def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 
 
 def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_tokens: int, batch_size: int = 64,
-             shift: bool = False):
+             shift: bool = False, keep_sink: bool = False):
     answers = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         if decoding == "masked":
-            answers.extend(generate_masked(model, tokenizer, batch, max_new_tokens, shift=shift))
+            answers.extend(generate_masked(model, tokenizer, batch, max_new_tokens, shift=shift, keep_sink=keep_sink))
         else:
             answers.extend(generate_causal(model, tokenizer, batch, max_new_tokens))
     return answers

@@ -54,7 +54,7 @@ def rouge1_recall(prediction: str, reference: str) -> float:
 
 
 def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str, max_new_tokens: int = 16,
-                batch_size: int = 64, shift: bool = False,
+                batch_size: int = 64, shift: bool = False, keep_sink: bool = False,
                 predictions: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Exact match and ROUGE-1 recall per direction; each answer given is appended to `predictions`
     (question, answer, direction, prediction, exact_match) when a list is passed."""
@@ -62,7 +62,8 @@ def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str, max_n
     model.eval()
     try:
         prompts = [encode_prompt(tokenizer, item["question"]) for item in qa]
-        answers = generate(model, tokenizer, prompts, decoding, max_new_tokens, batch_size, shift=shift)
+        answers = generate(model, tokenizer, prompts, decoding, max_new_tokens, batch_size, shift=shift,
+                           keep_sink=keep_sink)
     finally:
         model.train(was_training)
     texts = [tokenizer.decode(answer, skip_special_tokens=True) for answer in answers]
@@ -157,7 +158,7 @@ def plot_history(history: dict[str, list[tuple[int, float]]], path: Path, title:
 def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | None = None, max_new_tokens: int = 32,
                  batch_size: int = 32) -> dict[str, dict[str, Any]]:
     """`mft eval`: answer the questions of `qa_file` with a finished run's model. The decoding and
-    the objective's shift default to the run's resolved recipe."""
+    the objective's shift and keep_sink default to the run's resolved recipe."""
     from .config import RecipeError, read_yaml
     from .data.schema import read_rows, validate_qa_row
     from .models import load_trained
@@ -177,4 +178,5 @@ def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | No
     decoding = decoding or (default_decoding(objective) if objective is not None else "causal")
     model, tokenizer = load_trained(output_dir)
     return evaluate_qa(model, tokenizer, qa, decoding, max_new_tokens, batch_size,
-                       shift=bool(getattr(objective, "shift", False)))
+                       shift=bool(getattr(objective, "shift", False)),
+                       keep_sink=bool(getattr(objective, "keep_sink", False)))

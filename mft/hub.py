@@ -278,20 +278,22 @@ def _metrics_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _decoding(recipe: dict[str, Any]) -> tuple[str, bool]:
-    """(how answers are generated, shift) for the usage snippet, as mft's evaluation does it."""
+def _decoding(recipe: dict[str, Any]) -> tuple[str, str]:
+    """(how answers are generated, the extra arguments of `generate`) for the usage snippet, as
+    mft's evaluation does it."""
     objective = dict(recipe.get("objective") or {})
     decoding = (recipe.get("training") or {}).get("decoding")
     try:
         from .objectives import build_objective, default_decoding
 
         built = build_objective(objective.pop("name"), **objective)
-        return decoding or default_decoding(built), bool(getattr(built, "shift", False))
+        extra = "".join(f", {name}=True" for name in ("shift", "keep_sink") if getattr(built, name, False))
+        return decoding or default_decoding(built), extra
     except Exception:  # an unknown or older objective: the card still gets written
-        return decoding or "causal", False
+        return decoding or "causal", ""
 
 
-def _usage(repo: str, adapter: bool, added_mask_token: bool, decoding: str, shift: bool,
+def _usage(repo: str, adapter: bool, added_mask_token: bool, decoding: str, extra: str,
            base: str | None) -> list[str]:
     lines = ["```python", "from huggingface_hub import snapshot_download",
              "from mft.data.tokenize import encode_prompt", "from mft.decoding import generate",
@@ -299,7 +301,7 @@ def _usage(repo: str, adapter: bool, added_mask_token: bool, decoding: str, shif
              f'model, tokenizer = load_trained(snapshot_download("{repo}"))',
              'prompt = encode_prompt(tokenizer, "your question")',
              f'answer = generate(model, tokenizer, [prompt], "{decoding}", max_new_tokens=16'
-             + (", shift=True" if shift else "") + ")[0]",
+             + extra + ")[0]",
              "print(tokenizer.decode(answer, skip_special_tokens=True))", "```", ""]
     if adapter:
         lines += ["This is a PEFT (LoRA) adapter: `load_trained` loads the base model named in "
@@ -376,8 +378,8 @@ def model_card(output_dir: str | Path, *, repo_id: str | None = None) -> str:
     lines += [f"| training.{key} | {_value(value)} |" for key, value in training.items() if key not in LOCAL_KEYS]
     lines += [""]
 
-    decoding, shift = _decoding(recipe)
-    lines += ["## Usage", ""] + _usage(repo_id or "REPO_ID", adapter, added_mask_token, decoding, shift,
+    decoding, extra = _decoding(recipe)
+    lines += ["## Usage", ""] + _usage(repo_id or "REPO_ID", adapter, added_mask_token, decoding, extra,
                                             base_hub_id)
 
     lines += ["The full recipe, every default filled in, is `resolved_recipe.yaml`; `report.md` and "

@@ -55,7 +55,7 @@ def prepare(recipe: Recipe):
         raise RecipeError("peft.method = qlora quantizes a pretrained model as it loads; set model.name_or_path "
                           "or use peft.method = lora / full")
     if pretrained:
-        default_shift_for_pretrained(recipe)
+        default_options_for_pretrained(recipe)
     objective = recipe.build_objective()
     if recipe.model.attn_implementation == "flash_attention_2" and objective.bidirectional:
         raise RecipeError(f"model.attn_implementation = flash_attention_2 cannot run objective "
@@ -78,14 +78,18 @@ def prepare(recipe: Recipe):
     return data, tokenizer, objective, train_dataset
 
 
-def default_shift_for_pretrained(recipe: Recipe) -> None:
+def default_options_for_pretrained(recipe: Recipe) -> None:
     """Masked objectives on a pretrained causal LM predict token i from position i-1 (shift), which
-    keeps its LM head aligned, unless the recipe says otherwise. Recorded in the resolved recipe."""
+    keeps its LM head aligned, and keep the first token's attention causal (keep_sink, which keeps
+    its attention sink), unless the recipe says otherwise. Recorded in the resolved recipe."""
     from .objectives import OBJECTIVES
 
     def set_default(options: dict, name: str) -> None:
-        if "shift" in OBJECTIVES[name].options() and "shift" not in options:
+        known = OBJECTIVES[name].options()
+        if "shift" in known and "shift" not in options:
             options["shift"] = True
+        if "keep_sink" in known and "keep_sink" not in options:
+            options["keep_sink"] = bool(options.get("shift"))
 
     if recipe.objective_name == "mixture":
         component_options = recipe.objective_options.setdefault("options", {})

@@ -169,10 +169,11 @@ class MFTLossMixin:
 
     def evaluate_qa(self, qa: list[dict[str, str]], predictions: list | None = None) -> dict[str, dict[str, Any]]:
         model = self.accelerator.unwrap_model(self.model)
-        shift = getattr(getattr(self.data_collator, "objective", None), "shift", False)
+        objective = getattr(self.data_collator, "objective", None)
         max_new_tokens = getattr(self.args, "max_new_tokens", MFTConfig.max_new_tokens)
         return evaluate_qa(model, self.processing_class, qa, self.decoding, max_new_tokens,
-                           self.args.per_device_eval_batch_size, shift=shift, predictions=predictions)
+                           self.args.per_device_eval_batch_size, shift=getattr(objective, "shift", False),
+                           keep_sink=getattr(objective, "keep_sink", False), predictions=predictions)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset

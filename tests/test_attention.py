@@ -99,6 +99,29 @@ def test_later_visible_token_reaches_earlier_position_under_bidirectional_mask(a
 
 @params
 @archs
+def test_sink_row_keeps_position_0_causal_and_everything_else_bidirectional(arch, impl):
+    """keep_sink: the first position sees itself alone (its logits ignore every later token), while
+    every later position still sees the later visible tokens."""
+    batch = collator("mlm_u", low=0.3, high=0.3, shift=True, keep_sink=True)([example(12, seed=1, index=0)])
+    mask = batch["attention_mask"]
+    assert mask.dim() == 4 and mask[0, 0, 0].tolist() == [True] + [False] * (mask.shape[-1] - 1)
+    ids = batch["input_ids"]
+    assert ids[0, :2].tolist() == [BOS, BOS]  # a second start token: position 0 predicts nothing
+    visible = (ids[0] != MASK) & (ids[0] != BOS) & (ids[0] != EOS)
+    later = visible.nonzero().flatten()[-1].item()
+    base = logits(arch, impl, ids, mask)
+    changed_ids = ids.clone()
+    changed_ids[0, later] = other_token(ids[0, later].item())
+    changed = logits(arch, impl, changed_ids, mask)
+    assert max_diff(base[0, 0], changed[0, 0]) < SAME_EXACT
+    for earlier in range(1, later):
+        assert max_diff(base[0, earlier], changed[0, earlier]) > CHANGED, earlier
+    plain = collator("mlm_u", low=0.3, high=0.3, shift=True)([example(12, seed=1, index=0)])
+    assert plain["attention_mask"][0, 0, 0].sum() > 1  # without keep_sink position 0 looks ahead
+
+
+@params
+@archs
 def test_later_token_does_not_reach_earlier_position_under_ar(arch, impl):
     batch = collator("ar")([example(12, seed=1, index=0), example(7, seed=2, index=1)])
     assert batch["attention_mask"].dim() == 2

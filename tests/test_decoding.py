@@ -64,7 +64,8 @@ def greedy_causal_reference(model, prompt: list[int], eos: int, max_new_tokens: 
 
 
 @torch.no_grad()
-def greedy_masked_reference(model, tokenizer, prompt: list[int], max_new_tokens: int, shift: bool = False) -> list[int]:
+def greedy_masked_reference(model, tokenizer, prompt: list[int], max_new_tokens: int, shift: bool = False,
+                            keep_sink: bool = False) -> list[int]:
     eos = tokenizer.eos_token_id
     banned = [i for i in tokenizer.all_special_ids if i != eos]
     ids = list(prompt)
@@ -75,6 +76,8 @@ def greedy_masked_reference(model, tokenizer, prompt: list[int], max_new_tokens:
         allowed = torch.zeros(length, length, dtype=torch.bool)
         allowed[:, : length - 1] = True         # every position sees every real token
         allowed[length - 1, length - 1] = True  # the slot also sees itself; nobody else sees it
+        if keep_sink:  # the first position sees itself alone
+            allowed[0, 1:] = False
         mask = torch.zeros(1, 1, length, length).masked_fill(~allowed, torch.finfo(torch.float32).min)
         # shift: the logits one position left of the slot predict it
         logits = model(input_ids=torch.tensor([row]), attention_mask=mask).logits[0, -1 - int(shift)].clone()
@@ -165,6 +168,17 @@ def test_generate_masked_with_shift_reads_the_position_left_of_the_slot(tokenize
     assert generate(model, tokenizer, prompts, "masked", max_new_tokens=5, batch_size=2, shift=True) == expected
 
 
+@pytest.mark.parametrize("seed", [2, 6])
+def test_generate_masked_with_keep_sink_keeps_position_0_causal(tokenizer, seed):
+    model = make_model(tokenizer, "sdpa", seed=seed)
+    prompts = prompts_of(tokenizer)
+    expected = [greedy_masked_reference(model, tokenizer, p, 5, shift=True, keep_sink=True) for p in prompts]
+    assert expected != [greedy_masked_reference(model, tokenizer, p, 5, shift=True) for p in prompts]
+    assert generate_masked(model, tokenizer, prompts, max_new_tokens=5, shift=True, keep_sink=True) == expected
+    assert generate(model, tokenizer, prompts, "masked", max_new_tokens=5, batch_size=2, shift=True,
+                    keep_sink=True) == expected
+
+
 def test_generate_masked_stops_at_eos(tokenizer):
     prompts = prompts_of(tokenizer)
     model, index, k, free = model_with_a_long_answer(
@@ -241,7 +255,7 @@ def test_evaluate_qa_exact_match(tokenizer, monkeypatch):
     answers[-1] = answers[-1] + [tokenizer.eos_token_id]
     calls = []
 
-    def fake_generate(model, tok, prompts, decoding, max_new_tokens, batch_size=64, shift=False):
+    def fake_generate(model, tok, prompts, decoding, max_new_tokens, batch_size=64, shift=False, keep_sink=False):
         calls.append((prompts, decoding, max_new_tokens))
         assert prompts == [encode_prompt(tokenizer, item["question"]) for item in qa]
         return [list(a) for a in answers]

@@ -411,6 +411,27 @@ def test_shift_puts_a_start_token_before_a_sequence_without_bos(start):
 
 
 @pytest.mark.parametrize("objective_class", [MLM, MLMU])
+def test_keep_sink_puts_two_start_tokens_before_content_and_never_masks_them(objective_class):
+    """keep_sink: position 0 sees only itself, so it cannot predict position 1; the first content
+    token therefore sits at position 2, predicted from position 1 (a second start token)."""
+    objective = objective_class(shift=True, keep_sink=True, **({"rate": 1.0} if objective_class is MLM else
+                                                               {"low": 1.0, "high": 1.0}))
+    objective.setup(SPECIAL)
+    for ids, expected_prefix in (([10, 11, 12, EOS], [BOS, BOS]), ([BOS, 10, 11, 12, EOS], [BOS, BOS])):
+        row = objective({"input_ids": ids, "prompt_length": 0}, torch.Generator().manual_seed(0))[0]
+        assert row.input_ids.tolist() == expected_prefix + [MASK, MASK, MASK, MASK]
+        assert row.labels.tolist() == [IGNORE, 10, 11, 12, EOS, IGNORE]  # 10 predicted from position 1
+        assert row.sink and not row.causal
+    # a chat-style prompt that is never masked already gives the sink a neighbour that predicts nothing
+    chat = {"input_ids": [BOS, 20, 21, 10, 11, EOS], "prompt_length": 3}
+    objective.predict_prompt = False
+    row = objective(chat, torch.Generator().manual_seed(0))[0]
+    assert row.input_ids.tolist() == [BOS, 20, 21, MASK, MASK, MASK]
+    with pytest.raises(ValueError, match="keep_sink = true needs shift: true"):
+        objective_class(shift=False, keep_sink=True)
+
+
+@pytest.mark.parametrize("objective_class", [MLM, MLMU])
 def test_shift_moves_every_label_one_position_left(objective_class):
     ids = torch.tensor([BOS, *range(10, 30), EOS])
     example = {"input_ids": ids.tolist(), "prompt_length": 0}

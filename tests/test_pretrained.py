@@ -70,7 +70,8 @@ def test_mistral_recipe_runs_on_a_tiny_mistral(tmp_path, capsys):
                  "resolved_recipe.yaml", "report.md"):
         assert (out / name).is_file(), name
     resolved = load_recipe(out / "resolved_recipe.yaml", ["training.use_cpu=true"])
-    assert resolved.objective_options["shift"] is True  # the pretrained default, written down
+    assert resolved.objective_options["shift"] is True  # the pretrained defaults, written down
+    assert resolved.objective_options["keep_sink"] is True
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
 

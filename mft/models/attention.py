@@ -9,6 +9,8 @@ The rule, per row b, query q and key k:
     allowed[b, q, k] = key_valid[b, k] and (k <= q            if the row is causal
                                             not hidden[b, k]  if the row is bidirectional)
                        or q == k
+except that in a bidirectional row marked `sink` query 0 sees only itself (it keeps the state a
+pretrained causal LM gives its first token, the attention sink; see `mft.objectives.masked`).
 Padding is never a valid key. The diagonal is always allowed, so no query (a padded one, or a
 masked slot with every other token hidden) is left with nothing to attend to.
 """
@@ -18,10 +20,12 @@ from __future__ import annotations
 import torch
 
 
-def attention_mask_4d(key_valid: torch.Tensor, causal: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+def attention_mask_4d(key_valid: torch.Tensor, causal: torch.Tensor, hidden: torch.Tensor | None = None,
+                      sink: torch.Tensor | None = None) -> torch.Tensor:
     """Bool [B, 1, L, L], True = may attend.
 
-    key_valid: bool [B, L] (False on padding); causal: bool [B] (per row); hidden: bool [B, L] or None.
+    key_valid: bool [B, L] (False on padding); causal: bool [B] (per row); hidden: bool [B, L] or None;
+    sink: bool [B] (per row) or None.
     """
     batch, length = key_valid.shape
     visible = key_valid if hidden is None else key_valid & ~hidden
@@ -29,6 +33,9 @@ def attention_mask_4d(key_valid: torch.Tensor, causal: torch.Tensor, hidden: tor
     causal_rows = lower[None] & key_valid[:, None, :]
     bidirectional_rows = visible[:, None, :].expand(batch, length, length)
     allowed = torch.where(causal[:, None, None], causal_rows, bidirectional_rows)
+    if sink is not None and sink.any():
+        allowed = allowed.clone()
+        allowed[sink, 0, :] = False  # the diagonal below gives query 0 itself back
     allowed = allowed | torch.eye(length, dtype=torch.bool, device=key_valid.device)[None]
     return allowed[:, None]
 

@@ -15,6 +15,8 @@ An objective turns one example into one or more *rows*, the unit the model sees:
     weights    [L]  the weight w_i of position i's cross-entropy (0 where labels[i] is IGNORE)
     causal     bool the attention kind: causal (query i sees keys j <= i) or bidirectional
     hidden     [L]  bidirectional rows only: positions that may not be attention keys (masked tokens)
+    sink       bool bidirectional rows only: position 0 attends to itself alone, as under causal
+                    attention (keeps a pretrained LM's attention sink; see `mft.objectives.masked`)
 
 The loss of a batch is the weighted mean  sum_i w_i * CE(logits_i, labels_i) / sum_i w_i  taken over the
 whole optimizer step (all micro-batches of gradient accumulation and all processes), see `mft.trainer`.
@@ -40,6 +42,7 @@ class Row:
     causal: bool
     hidden: torch.Tensor | None = None  # bool [L], True = never an attention key
     source: str = ""  # the mixture component that made the row (for per-objective loss logs)
+    sink: bool = False  # bidirectional rows: position 0 attends to itself alone
 
     def __len__(self) -> int:
         return self.input_ids.numel()

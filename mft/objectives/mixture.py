@@ -83,6 +83,10 @@ class Mixture(Objective):
     def shift(self) -> bool:
         return any(getattr(component, "shift", False) for component in self.components)
 
+    @property
+    def keep_sink(self) -> bool:
+        return any(getattr(component, "keep_sink", False) for component in self.components)
+
     def setup(self, special, tokenizer=None) -> None:
         super().setup(special, tokenizer)
         for component in self.components:
