@@ -73,6 +73,11 @@ class MFTConfig(TrainingArguments):
         metadata={"help": "Logging integrations; tensorboard when it is installed."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "mft's collator needs every column."})
+    resume_from_checkpoint: str | bool | None = field(
+        default=None,
+        metadata={"help": "A checkpoint folder to resume from, or true: the last complete checkpoint in "
+                          "output_dir when there is one, else a fresh start (for jobs that are requeued)."},
+    )
 
     def __post_init__(self):
         if self.logits_chunk_size < 1:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from .collator import MFTCollator
 from .config import Recipe, RecipeError, load_recipe
@@ -47,6 +48,10 @@ def prepare(recipe: Recipe):
     if recipe.training.push_to_hub and not recipe.training.hub_model_id:
         raise RecipeError("training.push_to_hub = true needs training.hub_model_id (e.g. your-name/mft-quickstart); "
                           "set it, or push later with: mft push OUTPUT_DIR --repo-id ID")
+    resume = recipe.training.resume_from_checkpoint
+    if isinstance(resume, str) and not (Path(resume) / "trainer_state.json").is_file():
+        raise RecipeError(f"training.resume_from_checkpoint = {resume} is not a checkpoint folder (no "
+                          f"trainer_state.json); give a checkpoint-N folder, or true for the last one in output_dir")
     if recipe.training.dataloader_persistent_workers:
         raise RecipeError("training.dataloader_persistent_workers = true would keep every epoch's masks equal to "
                           "the first epoch's; set it to false")
@@ -100,6 +105,19 @@ def default_options_for_pretrained(recipe: Recipe) -> None:
         set_default(recipe.objective_options, recipe.objective_name)
 
 
+def checkpoint_to_resume(args) -> str | None:
+    """`resume_from_checkpoint`: a folder as given; `true`: the last complete checkpoint-N in the
+    output folder (checkpoints are renamed into place only once written, see `mft.trainer`), or
+    None (a fresh start) when there is none yet."""
+    resume = args.resume_from_checkpoint
+    if resume is not True:
+        return resume or None
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    print(f"mft: resuming from {last}" if last else f"mft: no checkpoint in {args.output_dir} yet; starting fresh",
+          flush=True)
+    return last
+
+
 def load_model(recipe: Recipe, tokenizer, objective):
     """The model, with a mask token when the objective needs one, wrapped for full/LoRA/QLoRA."""
     if not recipe.model.name_or_path:
@@ -146,7 +164,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     trainer = MFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=qa or None,
                          data_collator=collator, processing_class=tokenizer)
     started = time.time()
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint_to_resume(args))
     train_seconds = time.time() - started
     trainer.save_model()
 

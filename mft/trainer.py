@@ -25,7 +25,12 @@ without the [batch, length, vocab] tensor. `full_logits=True` restores the strai
 (Written by hand: transformers' `logits_to_keep` keeps the same columns for every row, and the fused
 linear cross-entropy kernels we know of need a GPU.)
 
-Everything else is the Trainer's: optimizer, schedule, logging (`report_to`), checkpoints,
+Checkpoints are atomic: each is written into `OUTPUT_DIR/.checkpoint-staging/` and renamed to
+`checkpoint-N` only once complete, so a run killed while saving leaves its previous checkpoint as the
+last one, and `resume_from_checkpoint` never picks up a half-written folder. (Written by hand: the
+Trainer writes checkpoint-N in place.)
+
+Everything else is the Trainer's: optimizer, schedule, logging (`report_to`), checkpoint contents,
 `resume_from_checkpoint`, seeds. Evaluation on a `QASet` (forward/backward questions) is by
 generation, see `mft.eval`; any other eval dataset gets the Trainer's usual loss evaluation.
 """
@@ -33,17 +38,25 @@ generation, see `mft.eval`; any other eval dataset gets the Trainer's usual loss
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .config import MFTConfig
 from .eval import evaluate_qa, flatten_metrics
-from .models.attention import anneal_to_bidirectional, attention_implementation, to_model_mask
+from .models.attention import (anneal_to_bidirectional, attention_implementation, masked_gqa_without_copies,
+                               to_model_mask)
 from .objectives import IGNORE, default_decoding
+
+
+STAGING_DIR = ".checkpoint-staging"
 
 
 class QASet(list):
@@ -81,6 +94,41 @@ class MFTLossMixin:
             self.add_callback(_DatasetEpoch(self.train_dataset))
         self._attn_implementation = attention_implementation(self.model)
         self._component_losses: dict[str, list[float]] = {}  # mixture component -> [loss sum, weight sum]
+        self._staging = False  # True while a checkpoint is being written (see _save_checkpoint)
+
+    # -- atomic checkpoints ------------------------------------------------------------------------
+
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written into the staging folder (every process writes its part
+        there), then renamed into place by the main process: a checkpoint-N folder is always complete."""
+        run_dir = self._get_output_dir(trial)
+        staging = os.path.join(run_dir, STAGING_DIR)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed save left behind
+        self.accelerator.wait_for_everyone()
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            final = os.path.join(run_dir, name)
+            best = self.state.best_model_checkpoint
+            if best and os.path.abspath(best) == os.path.abspath(os.path.join(staging, name)):
+                self.state.best_model_checkpoint = final  # where it will be, also in its saved state
+                self.state.save_to_json(os.path.join(staging, name, TRAINER_STATE_NAME))
+            if os.path.isdir(final):  # the same step saved twice (e.g. after a resume): keep the newer
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
 
     # -- loss --------------------------------------------------------------------------------------
 
@@ -111,11 +159,13 @@ class MFTLossMixin:
                                                  self.model.dtype)
         selected_only = model.training and not return_outputs and not getattr(self.args, "full_logits", False)
         head = self._output_head(model) if selected_only else None
+        no_copies = masked_gqa_without_copies(self.accelerator.unwrap_model(model), inputs["attention_mask"])
         if head is None:
-            outputs = model(**inputs)
+            with no_copies:
+                outputs = model(**inputs)
             per_position = weighted_position_losses(outputs.logits, labels, weights)
         else:
-            with keep_predicted_hidden_states(head, labels != IGNORE) as kept:
+            with no_copies, keep_predicted_hidden_states(head, labels != IGNORE) as kept:
                 outputs = model(**inputs)
             per_position = selected_position_losses(head, kept.hidden, labels, weights,
                                                     getattr(self.args, "logits_chunk_size", 2048))

@@ -243,3 +243,43 @@ def test_to_model_mask_forms():
     assert to_model_mask(allowed, "eager", torch.bfloat16).dtype == torch.bfloat16
     flat = torch.ones(2, 5, dtype=torch.long)
     assert to_model_mask(flat, "eager", torch.float32) is flat
+
+
+# -- grouped-query attention under a 4D mask on CPU ------------------------------------------------
+
+
+@archs
+def test_masked_gqa_runs_without_key_value_copies_and_gives_the_same_gradients(arch, monkeypatch):
+    """On CPU the sdpa path need not repeat key/value heads under a mask (PyTorch's CPU kernel takes
+    masked GQA); inside `masked_gqa_without_copies` it does not, with identical logits and gradients."""
+    import transformers.integrations.sdpa_attention as sdpa_attention
+
+    from mft.models.attention import masked_gqa_without_copies
+
+    copies = []
+    repeat_kv = sdpa_attention.repeat_kv
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda states, n_rep: copies.append(n_rep) or repeat_kv(states, n_rep))
+    net = model(arch, "sdpa")
+    assert net.config.num_key_value_heads < net.config.num_attention_heads
+    batch = collator("mlm_u", low=0.5, high=0.5)([example(12, seed=s, index=s) for s in range(3)])
+    mask = to_model_mask(batch["attention_mask"], "sdpa", torch.float32)
+
+    def logits_and_gradients(no_copies: bool):
+        net.zero_grad()
+        copies.clear()
+        if no_copies:
+            with masked_gqa_without_copies(net, mask):
+                out = net(input_ids=batch["input_ids"], attention_mask=mask).logits
+        else:
+            out = net(input_ids=batch["input_ids"], attention_mask=mask).logits
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in net.parameters()], list(copies)
+
+    plain_logits, plain_grads, plain_copies = logits_and_gradients(False)
+    fast_logits, fast_grads, fast_copies = logits_and_gradients(True)
+    assert plain_copies and all(n > 1 for n in plain_copies)  # transformers copies heads by default
+    assert not any(n > 1 for n in fast_copies)
+    assert max_diff(plain_logits, fast_logits) < SAME_PADDED
+    assert all(max_diff(a, b) < SAME_PADDED for a, b in zip(plain_grads, fast_grads))
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in __import__("os").environ  # only inside the block
+    net.zero_grad(set_to_none=True)  # the model is shared with the other tests

@@ -17,6 +17,9 @@ masked slot with every other token hidden) is left with nothing to attend to.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 
 
@@ -66,3 +69,29 @@ def to_model_mask(attention_mask: torch.Tensor, attn_implementation: str, dtype:
 def attention_implementation(model) -> str:
     config = getattr(model, "config", None)
     return getattr(config, "_attn_implementation", None) or "eager"
+
+
+@contextlib.contextmanager
+def masked_gqa_without_copies(model, attention_mask: torch.Tensor):
+    """Let a grouped-query-attention model attend under a 4D mask on CPU without copying its key
+    and value heads.
+
+    transformers' `sdpa` path repeats every key/value head `num_attention_heads / num_key_value_heads`
+    times whenever a mask is given (`repeat_kv`), because the CUDA kernels run GQA only without one;
+    PyTorch's CPU flash-attention kernel takes a mask and GQA together, so on CPU the copies only
+    cost time and memory (SmolLM2-135M: 3x its keys and values, kept for the backward pass).
+    transformers reads TRANSFORMERS_SDPA_FORCE_GQA on every attention call; it is set for the
+    forward inside this block only. Same numbers either way (a test checks).
+    """
+    config = getattr(model, "config", None)
+    grouped = (getattr(config, "num_key_value_heads", None) or 0) < (getattr(config, "num_attention_heads", None) or 0)
+    applies = (attention_mask.dim() == 4 and attention_mask.device.type == "cpu" and grouped
+               and attention_implementation(model) == "sdpa" and "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ)
+    if not applies:
+        yield
+        return
+    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA", None)
