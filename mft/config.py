@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import enum
 import importlib.util
+import os
 import re
 import types
 import typing
@@ -84,6 +85,13 @@ class MFTConfig(TrainingArguments):
             raise ValueError(f"logits_chunk_size = {self.logits_chunk_size}; use a positive number of positions")
         if self.attention_anneal_steps < 0:
             raise ValueError(f"attention_anneal_steps = {self.attention_anneal_steps}; use 0 (off) or more steps")
+        if self.deepspeed and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):
+            raise ValueError("deepspeed is set in the recipe and the accelerate config turns DeepSpeed on too; keep "
+                             "one source of truth: drop training.deepspeed (the accelerate config names its JSON) "
+                             "or launch without a DeepSpeed accelerate config")
+        if isinstance(self.deepspeed, str) and not os.path.isfile(self.deepspeed):
+            raise ValueError(f"deepspeed = {self.deepspeed}: no such file; give a DeepSpeed JSON such as "
+                             f"accelerate_configs/deepspeed/zero2.json")
         super().__post_init__()
 
 

@@ -150,12 +150,18 @@ def run(recipe: Recipe) -> dict[str, Any]:
     (output_dir / "resolved_recipe.yaml").write_text(recipe.to_yaml())
 
     set_seed(args.seed)
+    args.device  # sets up the process group now: ZeRO-3 partitions the model as it is built, across all ranks
+    if args.deepspeed_plugin is not None and args.world_size > 1:
+        import deepspeed  # on CPU accelerate sets up torch.distributed only; ZeRO-3 asks deepspeed.comm
+
+        deepspeed.init_distributed(dist_backend="gloo" if args.use_cpu else None)
     model = load_model(recipe, tokenizer, objective)
     collator = MFTCollator(objective, tokenizer, seed=args.seed)
     trainable, total = count_parameters(model)
     print(f"mft: {recipe.objective_name} on {recipe.task_name or recipe.data.train_file or recipe.data.train_dataset}: "
           f"{len(train_dataset)} training examples, {len(data.qa)} QA items; "
-          f"trainable parameters {trainable:,} of {total:,} ({recipe.peft.method})", flush=True)
+          f"trainable parameters {trainable:,} of {total:,} ({recipe.peft.method}); "
+          f"{args.world_size} process{'es' if args.world_size > 1 else ''}", flush=True)
 
     qa = QASet(data.qa)
     push, hub_token = args.push_to_hub, args.hub_token
@@ -167,6 +173,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     trainer.train(resume_from_checkpoint=checkpoint_to_resume(args))
     train_seconds = time.time() - started
     trainer.save_model()
+    trainer.save_state()  # trainer_state.json: the whole log history, also when no checkpoint was kept
 
     results, predictions = {}, []
     if qa:

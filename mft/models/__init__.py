@@ -53,9 +53,13 @@ def load_tokenizer(config: ModelConfig):
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """(trainable, total) parameter counts; under DeepSpeed ZeRO-3, whose parameters are partitioned
+    (empty on every rank), their full sizes."""
+    def size(p) -> int:
+        return getattr(p, "ds_numel", None) or p.numel()
+
+    total = sum(size(p) for p in model.parameters())
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
     return trainable, total
 
 
