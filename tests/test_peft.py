@@ -117,3 +117,43 @@ def test_qlora_on_a_from_scratch_model_is_refused_before_building(tmp_path, caps
     code = mft.train.main([str(ROOT / "recipes" / "quickstart.yaml"), "peft.method=qlora",
                            f"training.output_dir={tmp_path}"])
     assert code == 2 and "peft.method = qlora" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("objective", ["mlm_u_shift", "ar"])
+def test_gradient_checkpointing_with_lora_keeps_loss_and_updates(tmp_path, objective):
+    """Gradient checkpointing + LoRA + a bidirectional 4D mask (mlm_u) or causal rows (ar): two SGD
+    steps give the same losses and the same adapter weights as without checkpointing (and the
+    adapters do move: frozen embeddings must not cut the gradient at the checkpoint boundary)."""
+    from test_selected_logits import OBJECTIVES, make_trainer
+
+    runs = {}
+    for checkpointing in (False, True):
+        trainer = make_trainer(tmp_path / str(checkpointing), objective, OBJECTIVES[objective], lora=True,
+                               max_steps=2, optim="sgd", learning_rate=0.5, logging_steps=1,
+                               gradient_checkpointing=checkpointing)
+        before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters() if p.requires_grad])
+        trainer.train()
+        after = torch.cat([p.detach().flatten() for p in trainer.model.parameters() if p.requires_grad])
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        runs[checkpointing] = (losses, after - before)
+    (plain_losses, plain_update), (checkpointed_losses, checkpointed_update) = runs[False], runs[True]
+    assert plain_update.abs().max() > 1e-4
+    assert checkpointed_losses == pytest.approx(plain_losses, abs=1e-6)
+    assert torch.allclose(checkpointed_update, plain_update, atol=1e-6)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_bf16_autocast_with_bidirectional_masks_and_lora(tmp_path, attn):
+    """training.bf16 on CPU (autocast) under a 4D bidirectional mask: the loss stays finite and close
+    to the fp32 loss of the same batch (the eager mask's minimum is taken in the compute dtype)."""
+    from test_selected_logits import make_trainer
+
+    losses = {}
+    for bf16 in (False, True):
+        trainer = make_trainer(tmp_path / str(bf16), "mlm_u", {}, lora=True, max_steps=2, logging_steps=1, bf16=bf16)
+        trainer.model.config._attn_implementation = attn
+        trainer._attn_implementation = attn
+        trainer.train()
+        losses[bf16] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert all(torch.isfinite(torch.tensor(losses[True])))
+    assert losses[True] == pytest.approx(losses[False], abs=0.05)
