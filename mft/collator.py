@@ -15,6 +15,13 @@ Output batch:
     attention_mask [B, L]  when every row is causal (plain padding mask; fast attention paths stay on)
                    [B, 1, L, L] bool otherwise (see `mft.models.attention`)
     source_ids     [B]     mixtures only: the index of the component that made each row
+
+Packing (`pack_length=N`): the rows of a batch are laid one after another into rows of exactly N
+tokens (first fit, in order), each attending only inside itself under its own rule (block-diagonal
+4D mask, see `mft.models.attention.packed_attention_mask`) with position ids restarting at 0, so
+the loss is the one of the unpacked batch (a test checks) and no compute goes to padding between
+short documents. The batch then also carries
+    position_ids   [B', N] and B' <= B rows.
 """
 
 from __future__ import annotations
@@ -23,13 +30,14 @@ from typing import Any
 
 import torch
 
-from .models.attention import attention_mask_4d
+from .models.attention import attention_mask_4d, packed_attention_mask
 from .objectives import IGNORE, Objective, Row, SpecialTokens, example_generator
 
 
 class MFTCollator:
     def __init__(self, objective: Objective, tokenizer=None, *, special: SpecialTokens | None = None,
-                 pad_token_id: int | None = None, seed: int = 0, pad_to_multiple_of: int | None = None):
+                 pad_token_id: int | None = None, seed: int = 0, pad_to_multiple_of: int | None = None,
+                 pack_length: int = 0):
         if special is None:
             if tokenizer is None:
                 raise ValueError("MFTCollator needs a tokenizer or SpecialTokens")
@@ -43,6 +51,7 @@ class MFTCollator:
         self.pad_token_id = pad_token_id
         self.seed = seed
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.pack_length = pack_length
         self._fallback_generator = torch.Generator().manual_seed(seed)
 
     def generator(self, example: dict[str, Any]) -> torch.Generator:
@@ -64,6 +73,8 @@ class MFTCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = self.objective.batch_rows(examples, [self.generator(example) for example in examples])
+        if self.pack_length:
+            return self.pack(rows)
         batch = self.pad(rows)
         sources = getattr(self.objective, "component_names", None)
         if sources:  # a mixture: which component made each row, for per-objective loss logs
@@ -94,6 +105,52 @@ class MFTCollator:
         else:
             attention_mask = attention_mask_4d(key_valid, causal, hidden, torch.tensor([row.sink for row in rows]))
         return {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "attention_mask": attention_mask}
+
+    def pack(self, rows: list[Row]) -> dict[str, torch.Tensor]:
+        length = self.pack_length
+        bins: list[list[Row]] = []
+        used: list[int] = []
+        for row in rows:  # first fit, in order
+            if len(row) > length:
+                raise ValueError(f"a training row of {len(row)} tokens is longer than training.pack_length = "
+                                 f"{length}; raise pack_length or shorten the data")
+            target = next((i for i, n in enumerate(used) if n + len(row) <= length), None)
+            if target is None:
+                bins.append([])
+                used.append(0)
+                target = len(bins) - 1
+            bins[target].append(row)
+            used[target] += len(row)
+        shape = (len(bins), length)
+        input_ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
+        labels = torch.full(shape, IGNORE, dtype=torch.long)
+        weights = torch.zeros(shape, dtype=torch.float)
+        position_ids = torch.zeros(shape, dtype=torch.long)
+        segments = torch.full(shape, -1, dtype=torch.long)
+        causal = torch.ones(shape, dtype=torch.bool)
+        hidden = torch.zeros(shape, dtype=torch.bool)
+        sink_start = torch.zeros(shape, dtype=torch.bool)
+        names = getattr(self.objective, "component_names", None)
+        sources = torch.full(shape, -1, dtype=torch.long)  # per token here: a packed row mixes components
+        for b, packed in enumerate(bins):
+            start = 0
+            for index, row in enumerate(packed):
+                span = slice(start, start + len(row))
+                input_ids[b, span], labels[b, span], weights[b, span] = row.input_ids, row.labels, row.weights
+                position_ids[b, span] = torch.arange(len(row))
+                segments[b, span] = index
+                causal[b, span] = row.causal
+                if row.hidden is not None:
+                    hidden[b, span] = row.hidden
+                sink_start[b, start] = row.sink and not row.causal
+                if names:
+                    sources[b, span] = names.index(row.source)
+                start += len(row)
+        batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "position_ids": position_ids,
+                 "attention_mask": packed_attention_mask(segments, causal, hidden, sink_start)}
+        if names:
+            batch["source_ids"] = sources
+        return batch
 
 
 class SFTRowsCollator(MFTCollator):

@@ -69,6 +69,11 @@ class MFTConfig(TrainingArguments):
         metadata={"help": "Predicted positions per LM-head chunk; above one chunk each chunk's logits are "
                           "recomputed in the backward pass instead of being kept."},
     )
+    pack_length: int = field(
+        default=0,
+        metadata={"help": "Pack each batch's rows into rows of exactly this many tokens (each example attending "
+                          "only inside itself, positions restarting): no compute on padding. 0 = no packing."},
+    )
     report_to: None | str | list[str] = field(
         default_factory=_default_report_to,
         metadata={"help": "Logging integrations; tensorboard when it is installed."},
@@ -83,6 +88,8 @@ class MFTConfig(TrainingArguments):
     def __post_init__(self):
         if self.logits_chunk_size < 1:
             raise ValueError(f"logits_chunk_size = {self.logits_chunk_size}; use a positive number of positions")
+        if self.pack_length < 0:
+            raise ValueError(f"pack_length = {self.pack_length}; use 0 (no packing) or a row length in tokens")
         if self.attention_anneal_steps < 0:
             raise ValueError(f"attention_anneal_steps = {self.attention_anneal_steps}; use 0 (off) or more steps")
         if self.deepspeed and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):

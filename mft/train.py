@@ -65,6 +65,9 @@ def prepare(recipe: Recipe):
     if recipe.model.attn_implementation == "flash_attention_2" and objective.bidirectional:
         raise RecipeError(f"model.attn_implementation = flash_attention_2 cannot run objective "
                           f"{recipe.objective_name!r}, whose attention is bidirectional; use sdpa or eager")
+    if recipe.model.attn_implementation == "flash_attention_2" and recipe.training.pack_length:
+        raise RecipeError("training.pack_length needs a 4D attention mask, which flash_attention_2 ignores; use sdpa "
+                          "or eager, or pack_length: 0")
     if pretrained:
         tokenizer = load_tokenizer(recipe.model)
         note = ensure_pad_token(tokenizer)
@@ -74,6 +77,12 @@ def prepare(recipe: Recipe):
         texts = [text for row in data.train + data.qa for text in row_texts(row)] + objective.vocabulary_texts()
         tokenizer = build_word_tokenizer(texts)
     train_dataset = TokenizedDataset.from_rows(tokenizer, data.train)
+    if recipe.training.pack_length:
+        longest_example = max(train_dataset.examples, key=lambda example: len(example["input_ids"]))
+        longest = max(len(row) for row in MFTCollator(recipe.build_objective(), tokenizer).rows(longest_example))
+        if longest > recipe.training.pack_length:
+            raise RecipeError(f"training.pack_length = {recipe.training.pack_length} is shorter than the longest "
+                              f"training row ({longest} tokens); raise it")
     if not pretrained:  # rows can be longer than examples (masked_reconstruct shows a copy first)
         longest_example = max(train_dataset.examples, key=lambda example: len(example["input_ids"]))
         longest = max(len(row) for row in MFTCollator(recipe.build_objective(), tokenizer).rows(longest_example))
@@ -156,7 +165,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
 
         deepspeed.init_distributed(dist_backend="gloo" if args.use_cpu else None)
     model = load_model(recipe, tokenizer, objective)
-    collator = MFTCollator(objective, tokenizer, seed=args.seed)
+    collator = MFTCollator(objective, tokenizer, seed=args.seed, pack_length=args.pack_length)
     trainable, total = count_parameters(model)
     print(f"mft: {recipe.objective_name} on {recipe.task_name or recipe.data.train_file or recipe.data.train_dataset}: "
           f"{len(train_dataset)} training examples, {len(data.qa)} QA items; "

@@ -43,6 +43,25 @@ def attention_mask_4d(key_valid: torch.Tensor, causal: torch.Tensor, hidden: tor
     return allowed[:, None]
 
 
+def packed_attention_mask(segments: torch.Tensor, causal: torch.Tensor, hidden: torch.Tensor,
+                          sink_start: torch.Tensor) -> torch.Tensor:
+    """Bool [B, 1, L, L] for rows that hold several examples one after another (packing): block
+    diagonal, each example attending only inside itself by its own rule (causal or bidirectional
+    with hidden keys, as in `attention_mask_4d`).
+
+    segments: long [B, L], the example each position belongs to (-1 on padding); causal: bool [B, L],
+    the rule of the position's example; hidden: bool [B, L]; sink_start: bool [B, L], True at the
+    first position of a `sink` example (it sees only itself).
+    """
+    length = segments.shape[1]
+    same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] >= 0)
+    lower = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()[None]
+    by_rule = torch.where(causal[:, :, None], lower, ~hidden[:, None, :])
+    allowed = same & by_rule & ~sink_start[:, :, None]
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=segments.device)[None]
+    return allowed[:, None]
+
+
 def anneal_to_bidirectional(attention_mask: torch.Tensor, progress: float, generator: torch.Generator) -> torch.Tensor:
     """Attention annealing from causal to bidirectional: keep each permission to attend to a
     *later* key (k > q) with probability `progress` in [0, 1], the same draw for every row, and
