@@ -100,11 +100,14 @@ def masked_gqa_without_copies(model, attention_mask: torch.Tensor):
     PyTorch's CPU flash-attention kernel takes a mask and GQA together, so on CPU the copies only
     cost time and memory (SmolLM2-135M: 3x its keys and values, kept for the backward pass).
     transformers reads TRANSFORMERS_SDPA_FORCE_GQA on every attention call; it is set for the
-    forward inside this block only. Same numbers either way (a test checks).
+    forward inside this block only. Same numbers either way (a test checks). Not under gradient
+    checkpointing, whose recomputation in the backward pass runs outside the block and would build
+    differently shaped keys and values.
     """
     config = getattr(model, "config", None)
     grouped = (getattr(config, "num_key_value_heads", None) or 0) < (getattr(config, "num_attention_heads", None) or 0)
-    applies = (attention_mask.dim() == 4 and attention_mask.device.type == "cpu" and grouped
+    checkpointing = any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+    applies = (attention_mask.dim() == 4 and attention_mask.device.type == "cpu" and grouped and not checkpointing
                and attention_implementation(model) == "sdpa" and "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ)
     if not applies:
         yield
