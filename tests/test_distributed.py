@@ -21,25 +21,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from test_resume import tiny_recipe
+
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = """\
-task: {name: retrieval, num_pairs: 24, tokens_per_entity: 2, query_fraction: 0.5, seed: 0}
-model: {architecture: llama, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4,
-        intermediate_size: 64, max_position_embeddings: 32}
-objective: {name: mlm_u, weighting: 1/r}
-training:
-  max_steps: 12
-  per_device_train_batch_size: 8
-  learning_rate: 3.0e-3
-  lr_scheduler_type: constant
-  logging_steps: 1
-  eval_strategy: "no"
-  save_strategy: "no"
-  seed: 0
-  use_cpu: true
-  report_to: none
-  disable_tqdm: true
-"""
+RECIPE = tiny_recipe(max_steps=12, lr_scheduler_type="constant", save_strategy="no")
 TOLERANCE = 1e-4
 
 

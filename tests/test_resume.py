@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -21,25 +22,24 @@ from mft.train import main
 
 from test_trainer import make_trainer
 
-RECIPE = """\
-task: {name: retrieval, num_pairs: 24, tokens_per_entity: 2, query_fraction: 0.5, seed: 0}
-model: {architecture: llama, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4,
-        intermediate_size: 64, max_position_embeddings: 32}
-objective: {name: mlm_u, weighting: 1/r}
-training:
-  max_steps: 60
-  per_device_train_batch_size: 8
-  learning_rate: 3.0e-3
-  logging_steps: 1
-  eval_strategy: "no"
-  save_strategy: steps
-  save_steps: 10
-  save_total_limit: 2
-  seed: 0
-  use_cpu: true
-  report_to: none
-  disable_tqdm: true
-"""
+
+
+def tiny_recipe(**training) -> str:
+    """A from-scratch MLM-U recipe that trains in seconds (also used by test_distributed), with
+    `training` options on top of its own."""
+    options = dict(max_steps=60, per_device_train_batch_size=8, learning_rate=3.0e-3, logging_steps=1,
+                   eval_strategy="no", seed=0, use_cpu=True, report_to="none", disable_tqdm=True)
+    options.update(training)
+    return yaml.safe_dump({
+        "task": {"name": "retrieval", "num_pairs": 24, "tokens_per_entity": 2, "query_fraction": 0.5, "seed": 0},
+        "model": {"architecture": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "intermediate_size": 64, "max_position_embeddings": 32},
+        "objective": {"name": "mlm_u", "weighting": "1/r"},
+        "training": options,
+    })
+
+
+RECIPE = tiny_recipe(save_strategy="steps", save_steps=10, save_total_limit=2)
 
 # The killed run: the same recipe through `mft.train`, each step slowed down (the training itself is
 # untouched) so that the kill lands in the middle of the run.
@@ -96,7 +96,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
 
 def test_resume_true_without_a_checkpoint_starts_fresh(tmp_path, capsys):
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(RECIPE.replace("max_steps: 60", "max_steps: 4"))
+    recipe.write_text(tiny_recipe(max_steps=4, save_strategy="steps", save_steps=10))
     assert main([str(recipe), f"training.output_dir={tmp_path / 'run'}", "training.resume_from_checkpoint=true"]) == 0
     assert "no checkpoint in" in capsys.readouterr().out
     assert (tmp_path / "run" / "model.safetensors").is_file()
