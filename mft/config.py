@@ -123,6 +123,11 @@ class ModelConfig:
     rope_theta: float = 10000.0
     attention_dropout: float = 0.0
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    # The system message of every chat-formatted prompt (pretrained chat models only). null: the
+    # chat template's own default (SmolLM2's adds "You are a helpful AI assistant named SmolLM, ...",
+    # about 17 tokens per row); "" : an empty system turn. Written into the saved tokenizer's chat
+    # template, so evaluation and generation after the run format prompts the same way.
+    system_prompt: str | None = None
 
     def __post_init__(self):
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

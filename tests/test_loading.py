@@ -473,3 +473,55 @@ def test_hub_id_without_network(monkeypatch):
     assert one_line_error(excinfo) == ("model.name_or_path = nonexistent-org/nonexistent-model-xyz: not found locally "
                                        "and the Hub is unreachable; download it first or give a local path")
     assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__  # no chained traceback
+
+
+# -- model.system_prompt --------------------------------------------------------------------------
+
+# SmolLM2's rule: a default system turn when the conversation brings none.
+DEFAULT_SYSTEM_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "<|im_start|> system\nYou are a helpful assistant <|im_end|>\n{% endif %}"
+    "<|im_start|> {{ message['role'] }}\n{{ message['content'] }} <|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|> assistant\n{% endif %}")
+
+
+def _chat_tokenizer(template):
+    from mft.data import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(["<|im_start|> <|im_end|> system user assistant You are a helpful "
+                                      "Answer briefly . who is bob ?"])
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def test_system_prompt_replaces_the_template_default_and_survives_saving(tmp_path):
+    from transformers import AutoTokenizer
+
+    from mft.data import encode_prompt
+    from mft.models import set_system_prompt
+
+    tokenizer = _chat_tokenizer(DEFAULT_SYSTEM_TEMPLATE)
+    assert "helpful" in tokenizer.decode(encode_prompt(tokenizer, "who is bob ?"))
+    set_system_prompt(tokenizer, "Answer briefly .")
+    text = tokenizer.decode(encode_prompt(tokenizer, "who is bob ?"))
+    assert "Answer briefly ." in text and "helpful" not in text
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert encode_prompt(reloaded, "who is bob ?") == encode_prompt(tokenizer, "who is bob ?")
+    own = reloaded.apply_chat_template([{"role": "system", "content": "You are"}, {"role": "user", "content": "who"}],
+                                       tokenize=False)
+    assert "You are" in own and "Answer" not in own, "a conversation's own system turn is kept"
+    empty = _chat_tokenizer(DEFAULT_SYSTEM_TEMPLATE)
+    set_system_prompt(empty, "")
+    assert len(encode_prompt(empty, "who is bob ?")) < len(encode_prompt(_chat_tokenizer(DEFAULT_SYSTEM_TEMPLATE), "who is bob ?"))
+
+
+def test_system_prompt_refused_where_the_template_cannot_take_one():
+    from mft.models import set_system_prompt
+
+    refusing = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
+                "{% endif %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(RecipeError, match="refuses a system message"):
+        set_system_prompt(_chat_tokenizer(refusing), "x")
+    with pytest.raises(RecipeError, match="no \\(single\\) chat template"):
+        set_system_prompt(_chat_tokenizer(None), "x")

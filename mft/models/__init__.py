@@ -46,10 +46,33 @@ def load_tokenizer(config: ModelConfig):
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:
-        return AutoTokenizer.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except OSError:
         raise RecipeError(f"model.name_or_path = {config.name_or_path}: not found locally and the Hub is "
                           f"unreachable; download it first or give a local path") from None
+    if config.system_prompt is not None:
+        set_system_prompt(tokenizer, config.system_prompt)
+    return tokenizer
+
+
+def set_system_prompt(tokenizer, system_prompt: str) -> None:
+    """Make `system_prompt` the system message of every conversation that does not bring its own,
+    by prefixing the tokenizer's chat template (so the saved tokenizer keeps the rule)."""
+    from jinja2.exceptions import TemplateError
+
+    if not getattr(tokenizer, "chat_template", None) or not isinstance(tokenizer.chat_template, str):
+        raise RecipeError("model.system_prompt is set but the tokenizer has no (single) chat template; "
+                          "remove model.system_prompt")
+    # A top-level Jinja `set` rebinds `messages` for the rest of the template; json.dumps gives a
+    # string literal that Jinja reads back unchanged.
+    prefix = ("{%- if not messages or messages[0]['role'] != 'system' %}{%- set messages = "
+              f"[{{'role': 'system', 'content': {json.dumps(system_prompt)}}}] + messages %}}{{%- endif %}}")
+    tokenizer.chat_template = prefix + tokenizer.chat_template
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "a"}], tokenize=False, add_generation_prompt=True)
+    except TemplateError as error:
+        raise RecipeError(f"model.system_prompt: this chat template refuses a system message ({error}); "
+                          f"remove model.system_prompt") from None
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -64,7 +87,7 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 __all__ = ["attention_implementation", "attention_mask_4d", "build_model", "count_parameters", "load_tokenizer",
-           "load_trained", "to_model_mask"]
+           "load_trained", "set_system_prompt", "to_model_mask"]
 
 
 def load_trained(output_dir: str | Path, *, dtype: str = "auto"):
