@@ -56,7 +56,8 @@ def rouge1_recall(prediction: str, reference: str) -> float:
 def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str, max_new_tokens: int = 16,
                 batch_size: int = 64, shift: bool = False, keep_sink: bool = False,
                 predictions: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Exact match and ROUGE-1 recall per direction; each answer given is appended to `predictions`
+    """Exact match and ROUGE-1 recall per direction (and the incorrect-inference rate where QA rows give
+    an `incorrect_answer`); each answer given is appended to `predictions`
     (question, answer, direction, prediction, exact_match) when a list is passed."""
     was_training = model.training
     model.eval()
@@ -79,6 +80,10 @@ def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str, max_n
                 "rouge1_recall": sum(rouge1_recall(p, r) for p, r in pairs) / len(pairs),
                 "n": len(pairs),
             }
+            swaps = [(text, item["incorrect_answer"]) for item, text in zip(qa, texts)
+                     if item["direction"] == direction and "incorrect_answer" in item]
+            if swaps:  # answered with the other neighbour: the relation was treated as symmetric
+                results[direction]["incorrect_inference"] = sum(normalize(p) == normalize(w) for p, w in swaps) / len(swaps)
     return results
 
 
@@ -116,6 +121,9 @@ def write_report(output_dir: str | Path, results: dict[str, dict[str, Any]], log
     for direction, metrics in results.items():
         lines.append(f"| {direction} | {metrics['exact_match']:.3f} | {metrics.get('rouge1_recall', float('nan')):.3f} "
                      f"| {metrics['n']} |")
+    if any("incorrect_inference" in metrics for metrics in results.values()):
+        lines += ["", "| direction | incorrect inference |", "|---|---|"]
+        lines += [f"| {d} | {m['incorrect_inference']:.3f} |" for d, m in results.items() if "incorrect_inference" in m]
     lines += ["", "| setting | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in details.items()]
     if history:

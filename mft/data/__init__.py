@@ -1,11 +1,14 @@
 """Data: schemas and loaders, tokenization, and the papers' task generators."""
 
+from .bios import BioSTask
 from .facts import FactsTask
+from .relationship import RelationshipTask
 from .retrieval import RetrievalTask
+from .star_graph import StarGraphTask
 from .schema import TaskData, load_data_files, write_jsonl
 from .tokenize import TokenizedDataset, build_word_tokenizer, encode_prompt, encode_row, row_texts
 
-TASKS = {"retrieval": RetrievalTask, "facts": FactsTask}
+TASKS = {task.name: task for task in (RetrievalTask, RelationshipTask, BioSTask, StarGraphTask, FactsTask)}
 
-__all__ = ["TASKS", "FactsTask", "RetrievalTask", "TaskData", "TokenizedDataset", "build_word_tokenizer", "encode_prompt",
+__all__ = ["TASKS", "BioSTask", "FactsTask", "RelationshipTask", "RetrievalTask", "StarGraphTask", "TaskData", "TokenizedDataset", "build_word_tokenizer", "encode_prompt",
            "encode_row", "load_data_files", "row_texts", "write_jsonl"]

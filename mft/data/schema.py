@@ -4,6 +4,12 @@ Training rows (a corpus):  {"text": str}                       plain text, every
                            {"prompt": str, "completion": str}  a prompt (context) and its answer
 QA rows (evaluation):      {"question": str, "answer": str, "direction": "forward" | "backward"}
 
+Optional fields. A training row may name its entities, `"entities": [str, ...]`, each a substring of
+the row (of `text`, or of `prompt` or `completion`); the entity-reversal objective keeps each
+entity's own token order while reversing the row (`mft.objectives.autoregressive`). A QA row may
+give `"incorrect_answer"`, the answer a model that swaps subject and object would give (the
+relationship task); evaluation then reports the incorrect-inference rate.
+
 Files are JSONL (one object per line) or a JSON list of objects. A bad row is reported with its
 file, line (or index) and the fix, before any model is built.
 """
@@ -48,15 +54,27 @@ def read_rows(path: str | Path, what: str) -> list[tuple[str, Any]]:
     return located
 
 
-def validate_train_row(location: str, row: Any) -> dict[str, str]:
+def validate_train_row(location: str, row: Any) -> dict[str, Any]:
     if isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip():
-        return {"text": row["text"]}
-    if isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
-        if row["completion"].strip():
-            return {"prompt": row["prompt"], "completion": row["completion"]}
-        raise RecipeError(f"{location}: 'completion' is empty; give every row a non-empty completion")
-    raise RecipeError(f"{location}: a training row needs a non-empty string 'text', or 'prompt' and 'completion' "
-                      f"strings; got {_preview(row)}")
+        valid: dict[str, Any] = {"text": row["text"]}
+    elif isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+        if not row["completion"].strip():
+            raise RecipeError(f"{location}: 'completion' is empty; give every row a non-empty completion")
+        valid = {"prompt": row["prompt"], "completion": row["completion"]}
+    else:
+        raise RecipeError(f"{location}: a training row needs a non-empty string 'text', or 'prompt' and 'completion' "
+                          f"strings; got {_preview(row)}")
+    if "entities" in row:
+        entities = row["entities"]
+        if not isinstance(entities, list) or not all(isinstance(e, str) and e.strip() for e in entities):
+            raise RecipeError(f"{location}: 'entities' must be a list of non-empty strings; got {_preview(entities)}")
+        texts = [value for key, value in valid.items() if key in ("text", "prompt", "completion")]
+        for entity in entities:
+            if not any(entity in text for text in texts):
+                raise RecipeError(f"{location}: entity {entity!r} does not occur in the row; list only substrings of "
+                                  f"its text")
+        valid["entities"] = list(entities)
+    return valid
 
 
 def validate_qa_row(location: str, row: Any) -> dict[str, str]:
@@ -67,7 +85,12 @@ def validate_qa_row(location: str, row: Any) -> dict[str, str]:
             raise RecipeError(f"{location}: '{key}' is missing or empty; give every QA row a non-empty {key}")
     if row.get("direction") not in DIRECTIONS:
         raise RecipeError(f"{location}: 'direction' is {row.get('direction')!r}; use 'forward' or 'backward'")
-    return {"question": row["question"], "answer": row["answer"], "direction": row["direction"]}
+    valid = {"question": row["question"], "answer": row["answer"], "direction": row["direction"]}
+    if "incorrect_answer" in row:
+        if not isinstance(row["incorrect_answer"], str) or not row["incorrect_answer"].strip():
+            raise RecipeError(f"{location}: 'incorrect_answer' must be a non-empty string; remove it or fill it in")
+        valid["incorrect_answer"] = row["incorrect_answer"]
+    return valid
 
 
 def read_dataset_rows(name_or_path: str, split: str) -> list[tuple[str, Any]]:

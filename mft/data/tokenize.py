@@ -77,13 +77,40 @@ def encode_completion(tokenizer, prompt: str, completion: str) -> list[int]:
     return _encode(tokenizer, joiner + completion)
 
 
-def encode_row(tokenizer, row: dict[str, str]) -> dict[str, Any]:
+def encode_row(tokenizer, row: dict[str, Any]) -> dict[str, Any]:
+    """{"input_ids", "prompt_length"}, plus "entity_spans" (sorted [start, end) token spans) when the
+    row names its entities."""
     eos = [tokenizer.eos_token_id]
     if "text" in row:
-        return {"input_ids": _bos(tokenizer) + _encode(tokenizer, row["text"]) + eos, "prompt_length": 0}
-    prompt = encode_prompt(tokenizer, row["prompt"])
-    completion = encode_completion(tokenizer, row["prompt"], row["completion"])
-    return {"input_ids": prompt + completion + eos, "prompt_length": len(prompt)}
+        example = {"input_ids": _bos(tokenizer) + _encode(tokenizer, row["text"]) + eos, "prompt_length": 0}
+    else:
+        prompt = encode_prompt(tokenizer, row["prompt"])
+        completion = encode_completion(tokenizer, row["prompt"], row["completion"])
+        example = {"input_ids": prompt + completion + eos, "prompt_length": len(prompt)}
+    if row.get("entities"):
+        example["entity_spans"] = entity_spans(tokenizer, example["input_ids"], row["entities"])
+    return example
+
+
+def entity_spans(tokenizer, ids: list[int], entities: list[str]) -> list[list[int]]:
+    """Every occurrence of every entity in `ids`, as sorted, non-overlapping [start, end) token spans.
+    An entity is looked for as tokenized alone and with a leading space (BPE vocabularies encode a
+    word differently at the start of a text and after a space); longer entities claim tokens first."""
+    claimed = [False] * len(ids)
+    spans = []
+    for entity in sorted(set(entities), key=len, reverse=True):
+        found = False
+        for pattern in {tuple(_encode(tokenizer, entity)), tuple(_encode(tokenizer, " " + entity))}:
+            n = len(pattern)
+            for start in range(len(ids) - n + 1):
+                if tuple(ids[start:start + n]) == pattern and not any(claimed[start:start + n]):
+                    claimed[start:start + n] = [True] * n
+                    spans.append([start, start + n])
+                    found = True
+        if not found:
+            raise ValueError(f"entity {entity!r} is not a whole run of tokens in its row ({tokenizer.decode(ids)!r}); "
+                             f"give entities that start and end on token boundaries")
+    return sorted(spans)
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
