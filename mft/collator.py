@@ -13,7 +13,10 @@ Output batch:
     labels         [B, L]  aligned with the logits (see `mft.objectives.base`), IGNORE on padding
     loss_weights   [B, L]  float, 0 on padding
     attention_mask [B, L]  when every row is causal (plain padding mask; fast attention paths stay on)
-                   [B, 1, L, L] bool otherwise (see `mft.models.attention`)
+                   [B, 1, L, L] bool otherwise (see `mft.models.attention`), or the rows' own
+                   custom masks where they bring one
+    query_attention_mask [B, 1, L, L] bool, when rows bring a query-stream mask (PLM); rows without
+                   one get their attention mask without its diagonal (the two-stream model's rule)
     source_ids     [B]     mixtures only: the index of the component that made each row
 
 Packing (`pack_length=N`): the rows of a batch are laid one after another into rows of exactly N
@@ -100,16 +103,34 @@ class MFTCollator:
             if row.hidden is not None:
                 hidden[b, :n] = row.hidden
         causal = torch.tensor([row.causal for row in rows])
-        if causal.all():
+        custom = any(row.attention is not None for row in rows)
+        if causal.all() and not custom:
             attention_mask = key_valid.long()
         else:
             attention_mask = attention_mask_4d(key_valid, causal, hidden, torch.tensor([row.sink for row in rows]))
-        return {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "attention_mask": attention_mask}
+        for b, row in enumerate(rows):
+            if row.attention is not None:
+                n = len(row)
+                attention_mask[b, 0, :n, :n] = row.attention
+        batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "attention_mask": attention_mask}
+        if any(row.query_attention is not None for row in rows):
+            eye = torch.eye(length, dtype=torch.bool)
+            query_mask = attention_mask & ~eye
+            for b, row in enumerate(rows):
+                if row.query_attention is not None:
+                    n = len(row)
+                    query_mask[b, 0] = False
+                    query_mask[b, 0, :n, :n] = row.query_attention
+            batch["query_attention_mask"] = query_mask
+        return batch
 
     def pack(self, rows: list[Row]) -> dict[str, torch.Tensor]:
         length = self.pack_length
         bins: list[list[Row]] = []
         used: list[int] = []
+        if any(row.attention is not None for row in rows):
+            raise ValueError("training.pack_length: rows with their own attention masks (plm) cannot be packed; "
+                             "set pack_length: 0")
         for row in rows:  # first fit, in order
             if len(row) > length:
                 raise ValueError(f"a training row of {len(row)} tokens is longer than training.pack_length = "

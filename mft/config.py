@@ -113,7 +113,9 @@ class ModelConfig:
     gguf_file: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
-    architecture: Literal["llama", "mistral", "qwen2"] = "llama"
+    # Decoder-only causal LMs (llama, mistral, qwen2, gpt2), BERT (the paper's MLM baseline; an
+    # encoder, for mlm only) or the paper's encoder-decoder MLM-U model (`mft.models.encoder_decoder`).
+    architecture: Literal["llama", "mistral", "qwen2", "gpt2", "bert", "encoder_decoder"] = "llama"
     hidden_size: int = 256
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
@@ -123,6 +125,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     attention_dropout: float = 0.0
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    cross_attention: Literal["last", "corresponding"] = "last"  # encoder_decoder: which encoder layer the decoder reads
     # The system message of every chat-formatted prompt (pretrained chat models only). null: the
     # chat template's own default (SmolLM2's adds "You are a helpful AI assistant named SmolLM, ...",
     # about 17 tokens per row); "" : an empty system turn. Written into the saved tokenizer's chat

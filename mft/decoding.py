@@ -30,11 +30,30 @@ def generate_causal(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     for i, prompt in enumerate(prompts):
         input_ids[i, length - len(prompt):] = torch.tensor(prompt)
         attention_mask[i, length - len(prompt):] = 1
-    output = model.generate(
-        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max_new_tokens,
-        do_sample=False, num_beams=1, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id,
-    )
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    if not (hasattr(model, "can_generate") and model.can_generate()):
+        output = _greedy_without_cache(model, input_ids, attention_mask, max_new_tokens, tokenizer.eos_token_id)
+    else:
+        output = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            do_sample=False, num_beams=1, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id,
+        )
     return [_cut_at_eos(row[length:].tolist(), tokenizer.eos_token_id) for row in output]
+
+
+def _greedy_without_cache(model, input_ids, attention_mask, max_new_tokens: int, eos_id: int) -> torch.Tensor:
+    """Greedy decoding for a model without `generate` (mft's encoder-decoder model: its decoder
+    has no key/value cache, so the whole sequence is re-run each step; fine at task scale)."""
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -1]
+        next_tokens = torch.where(finished, torch.full_like(finished, eos_id, dtype=torch.long), logits.argmax(-1))
+        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=1)
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        finished |= next_tokens == eos_id
+        if finished.all():
+            break
+    return input_ids
 
 
 @torch.no_grad()

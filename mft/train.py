@@ -65,6 +65,7 @@ def prepare(recipe: Recipe):
     if recipe.model.attn_implementation == "flash_attention_2" and objective.bidirectional:
         raise RecipeError(f"model.attn_implementation = flash_attention_2 cannot run objective "
                           f"{recipe.objective_name!r}, whose attention is bidirectional; use sdpa or eager")
+    check_architecture(recipe, objective)
     if recipe.model.attn_implementation == "flash_attention_2" and recipe.training.pack_length:
         raise RecipeError("training.pack_length needs a 4D attention mask, which flash_attention_2 ignores; use sdpa "
                           "or eager, or pack_length: 0")
@@ -90,6 +91,35 @@ def prepare(recipe: Recipe):
             raise RecipeError(f"model.max_position_embeddings = {recipe.model.max_position_embeddings} is shorter "
                               f"than the longest training sequence ({longest} tokens); raise it")
     return data, tokenizer, objective, train_dataset
+
+
+def check_architecture(recipe: Recipe, objective) -> None:
+    """Refuse objective/model pairs that would train something else than asked, before any model
+    exists: PLM needs a two-stream model; BERT sees every token, so it serves masked objectives
+    only; shifted prediction and the attention sink are for pretrained causal LMs."""
+    from .objectives import Mixture
+
+    architecture = "pretrained" if recipe.model.name_or_path else recipe.model.architecture
+    components = list(objective.components) if isinstance(objective, Mixture) else [objective]
+    if architecture == "pretrained":
+        from transformers import AutoConfig
+
+        try:
+            if AutoConfig.from_pretrained(recipe.model.name_or_path).model_type == "mft_encoder_decoder":
+                architecture = "encoder_decoder"
+        except (OSError, ValueError):
+            pass  # a Hub id or GGUF file: a causal LM; loading reports a missing model
+    for component in components:
+        if component.two_stream and architecture != "encoder_decoder":
+            raise RecipeError(f"objective {component.name!r} needs a model with a separate query stream; set "
+                              f"model.architecture: encoder_decoder (a decoder-only model would see the token it predicts)")
+        if architecture == "bert" and component.name not in ("mlm", "mlm_u"):
+            raise RecipeError(f"model.architecture = bert attends to every token, so it cannot train objective "
+                              f"{component.name!r}; use mlm or mlm_u, or a causal architecture (gpt2, llama)")
+        if architecture in ("bert", "encoder_decoder") and (getattr(component, "shift", False)
+                                                            or getattr(component, "keep_sink", False)):
+            raise RecipeError(f"objective.shift / objective.keep_sink are for pretrained causal LMs; model.architecture "
+                              f"= {architecture} predicts each position in place: set them to false")
 
 
 def default_options_for_pretrained(recipe: Recipe) -> None:

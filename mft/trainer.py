@@ -157,6 +157,9 @@ class MFTLossMixin:
                 inputs["attention_mask"], self.state.global_step / anneal_steps, generator)
         inputs["attention_mask"] = to_model_mask(inputs["attention_mask"], self._attn_implementation,
                                                  self.model.dtype)
+        if "query_attention_mask" in inputs:  # two-stream models (PLM)
+            inputs["query_attention_mask"] = to_model_mask(inputs["query_attention_mask"], self._attn_implementation,
+                                                           self.model.dtype)
         selected_only = model.training and not return_outputs and not getattr(self.args, "full_logits", False)
         head = self._output_head(model) if selected_only else None
         no_copies = masked_gqa_without_copies(self.accelerator.unwrap_model(model), inputs["attention_mask"])

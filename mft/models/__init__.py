@@ -5,34 +5,48 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from ..config import ModelConfig, RecipeError
 from .attention import attention_implementation, attention_mask_4d, to_model_mask
+from .encoder_decoder import EncoderDecoderConfig, EncoderDecoderForMaskedPrediction
 
 
 def build_model(config: ModelConfig, tokenizer):
-    """A causal LM: loaded from `config.name_or_path`, or built from scratch with random weights
+    """A model loaded from `config.name_or_path`, or built from scratch with random weights
     (`config.architecture` and sizes, vocabulary = the tokenizer's)."""
     if config.name_or_path:
         return AutoModelForCausalLM.from_pretrained(config.name_or_path, attn_implementation=config.attn_implementation)
-    model_config = AutoConfig.for_model(
-        config.architecture,
-        vocab_size=len(tokenizer),
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads or config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        max_position_embeddings=config.max_position_embeddings,
-        rope_theta=config.rope_theta,
-        attention_dropout=config.attention_dropout,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    return AutoModelForCausalLM.from_config(model_config, attn_implementation=config.attn_implementation)
+    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+           "eos_token_id": tokenizer.eos_token_id}
+    if config.architecture == "encoder_decoder":
+        return EncoderDecoderForMaskedPrediction(EncoderDecoderConfig(
+            vocab_size=len(tokenizer), hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+            max_position_embeddings=config.max_position_embeddings, rope_theta=config.rope_theta,
+            cross_attention=config.cross_attention, dropout=config.attention_dropout, **ids))
+    if config.architecture == "gpt2":  # GPT-2 names its sizes differently
+        sizes = {"n_embd": config.hidden_size, "n_layer": config.num_hidden_layers, "n_head": config.num_attention_heads,
+                 "n_inner": config.intermediate_size, "n_positions": config.max_position_embeddings,
+                 "attn_pdrop": config.attention_dropout, "resid_pdrop": 0.0, "embd_pdrop": 0.0}
+    else:
+        sizes = {"hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers,
+                 "num_attention_heads": config.num_attention_heads, "intermediate_size": config.intermediate_size,
+                 "max_position_embeddings": config.max_position_embeddings}
+        if config.architecture == "bert":
+            sizes.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=config.attention_dropout)
+        else:
+            sizes.update(num_key_value_heads=config.num_key_value_heads or config.num_attention_heads,
+                         rope_theta=config.rope_theta, attention_dropout=config.attention_dropout)
+    model_config = AutoConfig.for_model(config.architecture, vocab_size=len(tokenizer), tie_word_embeddings=False,
+                                        **sizes, **ids)
+    return auto_model_class(model_config).from_config(model_config, attn_implementation=config.attn_implementation)
+
+
+def auto_model_class(config):
+    """BERT is a masked LM (its causal-LM class is a different model); everything else loads as a
+    causal LM (the encoder-decoder model is registered under that class too)."""
+    return AutoModelForMaskedLM if config.model_type == "bert" else AutoModelForCausalLM
 
 
 def load_tokenizer(config: ModelConfig):
@@ -98,7 +112,8 @@ def load_trained(output_dir: str | Path, *, dtype: str = "auto"):
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     adapter_config = output_dir / "adapter_config.json"
     if not adapter_config.is_file():
-        return AutoModelForCausalLM.from_pretrained(output_dir, dtype=dtype), tokenizer
+        config = AutoConfig.from_pretrained(output_dir)
+        return auto_model_class(config).from_pretrained(output_dir, dtype=dtype), tokenizer
     from peft import PeftModel
 
     from .loading import load_pretrained

@@ -1,17 +1,18 @@
 """Training objectives. Each turns a tokenized example into model rows (see `base`)."""
 
-from .autoregressive import AR, ARReverse
+from .autoregressive import AR, ARReverse, ARReverseEntity, ARReverseSegment
 from .base import IGNORE, Objective, Row, SpecialTokens, example_generator
 from .masked import MLM, MLMU
 from .mixture import Mixture
+from .permutation import PLM
 from .reconstruct import MaskedReconstruct, MaskedSFT
 
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (AR, ARReverse, MLM, MLMU, MaskedReconstruct, MaskedSFT, Mixture)
+    cls.name: cls for cls in (AR, ARReverse, ARReverseEntity, ARReverseSegment, MLM, MLMU, PLM, MaskedReconstruct, MaskedSFT, Mixture)
 }
 
 # How each objective's model is decoded at evaluation time unless the recipe says otherwise.
-DEFAULT_DECODING = {"ar": "causal", "ar_reverse": "causal", "mlm": "masked", "mlm_u": "masked",
+DEFAULT_DECODING = {"ar": "causal", "ar_reverse": "causal", "ar_reverse_entity": "causal", "ar_reverse_segment": "causal", "mlm": "masked", "mlm_u": "masked", "plm": "masked",
                     "masked_reconstruct": "causal", "masked_sft": "causal"}
 
 
@@ -31,6 +32,6 @@ def build_objective(name: str, **options) -> Objective:
 
 
 __all__ = [
-    "AR", "ARReverse", "MLM", "MLMU", "MaskedReconstruct", "MaskedSFT", "Mixture", "IGNORE", "Objective", "Row", "SpecialTokens",
+    "AR", "ARReverse", "ARReverseEntity", "ARReverseSegment", "MLM", "MLMU", "PLM", "MaskedReconstruct", "MaskedSFT", "Mixture", "IGNORE", "Objective", "Row", "SpecialTokens",
     "OBJECTIVES", "DEFAULT_DECODING", "build_objective", "default_decoding", "example_generator",
 ]

@@ -1,4 +1,13 @@
-"""Left-to-right objectives: next-token prediction and its token-reversed augmentation."""
+"""Left-to-right objectives: next-token prediction and its reversed augmentations.
+
+Every reversal keeps leading special tokens (BOS) and a trailing EOS in place and reorders the
+content between them; the reversed row is trained with next-token prediction on every token.
+
+    ar_reverse          token-level reverse             [a b : c d]      -> [d c : b a]
+    ar_reverse_entity   entities keep their token order [(a b) : (c d)]  -> [(c d) : (a b)]
+                        with delimiters                                  -> [<ent> c d </ent> : <ent> a b </ent>]
+    ar_reverse_segment  random segments of 1..k tokens  [a b | c | d]    -> [d | c | a b]
+"""
 
 from __future__ import annotations
 
@@ -57,13 +66,109 @@ class ARReverse(Objective):
         return [next_token_row(ids, first), next_token_row(self.reverse(ids))]
 
     def reverse(self, ids: torch.Tensor) -> torch.Tensor:
+        start, end = self._content(ids)
+        out = ids.clone()
+        if end > start:
+            out[start:end] = ids[start:end].flip(0)
+        return out
+
+    def _content(self, ids: torch.Tensor) -> tuple[int, int]:
+        """[start, end): the tokens between leading special tokens and a trailing EOS."""
         fixed = self._fixed(ids)
         start = 0
         while start < len(ids) and fixed[start]:
             start += 1
         end = len(ids) - 1 if len(ids) and ids[-1] == self.special.eos_token_id else len(ids)
-        out = ids.clone()
-        if end > start:
-            out[start:end] = ids[start:end].flip(0)
-        return out
+        return start, max(start, end)
+
+
+ENTITY_OPEN, ENTITY_CLOSE = "<ent>", "</ent>"
+
+
+@dataclass
+class ARReverseEntity(ARReverse):
+    """AR on the sequence *and* on its entity-level reverse (the factorization-curse paper's
+    "AR w/reverse (entity)", after Golovneva et al.).
+
+    Two rows per example: (1) next-token prediction on x as in `ar`; (2) next-token prediction on
+    x with its content reversed unit by unit, where a unit is one entity (a span listed in the
+    row's `entities`, which keeps its own token order) or one token outside every entity:
+    [bos, a1, a2, :, b1, b2, eos] with entities (a1 a2), (b1 b2) -> [bos, b1, b2, :, a1, a2, eos].
+    With `delimiters` every reversed entity is wrapped in `<ent> ... </ent>`, which marks the row as
+    reversed: without them "A => B => C" reversed reads "C => B => A", a false statement in the
+    forward format, and the model learns to treat the relation as symmetric (the paper's 44%
+    incorrect inferences). Every token of the reversed row is predicted, weight 1; a row without
+    entities is reversed token by token.
+    """
+
+    name = "ar_reverse_entity"
+    delimiters: bool = True
+
+    def setup(self, special, tokenizer=None) -> None:
+        super().setup(special, tokenizer)
+        self.open_ids: list[int] = []
+        self.close_ids: list[int] = []
+        if self.delimiters:
+            if tokenizer is None:
+                raise ValueError("objective 'ar_reverse_entity' with delimiters needs the tokenizer to encode them")
+            self.open_ids = tokenizer(ENTITY_OPEN, add_special_tokens=False)["input_ids"]
+            self.close_ids = tokenizer(ENTITY_CLOSE, add_special_tokens=False)["input_ids"]
+            if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in self.open_ids + self.close_ids:
+                raise ValueError(f"the tokenizer cannot write the delimiters {ENTITY_OPEN} {ENTITY_CLOSE}")
+
+    def vocabulary_texts(self) -> list[str]:
+        return [ENTITY_OPEN, ENTITY_CLOSE] if self.delimiters else []
+
+    def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
+        ids = self._ids(example)
+        first = 1 if self.predict_prompt else example.get("prompt_length", 0)
+        return [next_token_row(ids, first), next_token_row(self.reverse_entities(ids, example.get("entity_spans", [])))]
+
+    def reverse_entities(self, ids: torch.Tensor, spans: list[list[int]]) -> torch.Tensor:
+        start, end = self._content(ids)
+        entities = [(max(a, start), min(b, end)) for a, b in spans if a < end and b > start]
+        units, position = [], start
+        for a, b in entities:
+            units += [(i, i + 1) for i in range(position, a)] + [(a, b)]
+            position = b
+        units += [(i, i + 1) for i in range(position, end)]
+        pieces = [ids[:start]]
+        for a, b in reversed(units):
+            if self.delimiters and (a, b) in entities:
+                pieces += [torch.tensor(self.open_ids, dtype=ids.dtype), ids[a:b],
+                           torch.tensor(self.close_ids, dtype=ids.dtype)]
+            else:
+                pieces.append(ids[a:b])
+        return torch.cat(pieces + [ids[end:]])
+
+
+@dataclass
+class ARReverseSegment(ARReverse):
+    """AR on the sequence *and* on a random-segment reverse (Golovneva et al.'s random segment
+    reversal): the content is cut into consecutive segments whose lengths are drawn uniformly from
+    1..`max_segment_length` (fresh each time the example is seen), and the segments are written in
+    reverse order, each keeping its own token order. No entity annotation is needed; an entity
+    survives only when a segment happens to hold it whole. Two rows per example as in `ar_reverse`.
+    """
+
+    name = "ar_reverse_segment"
+    max_segment_length: int = 3
+
+    def __post_init__(self):
+        if self.max_segment_length < 1:
+            raise ValueError(f"objective.max_segment_length = {self.max_segment_length}; use at least 1")
+
+    def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
+        ids = self._ids(example)
+        first = 1 if self.predict_prompt else example.get("prompt_length", 0)
+        return [next_token_row(ids, first), next_token_row(self.reverse_segments(ids, generator))]
+
+    def reverse_segments(self, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        start, end = self._content(ids)
+        segments, position = [], start
+        while position < end:
+            length = int(torch.randint(1, self.max_segment_length + 1, (), generator=generator))
+            segments.append(ids[position:min(position + length, end)])
+            position += length
+        return torch.cat([ids[:start], *reversed(segments), ids[end:]])
 

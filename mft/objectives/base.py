@@ -17,6 +17,9 @@ An objective turns one example into one or more *rows*, the unit the model sees:
     hidden     [L]  bidirectional rows only: positions that may not be attention keys (masked tokens)
     sink       bool bidirectional rows only: position 0 attends to itself alone, as under causal
                     attention (keeps a pretrained LM's attention sink; see `mft.objectives.masked`)
+    attention  [L, L] bool, optional: a custom mask (query i may attend to key j), replacing the
+                    causal/bidirectional rule; `query_attention` [L, L], optional: the mask of a
+                    model's separate query stream (two-stream models; see `mft.objectives.permutation`)
 
 The loss of a batch is the weighted mean  sum_i w_i * CE(logits_i, labels_i) / sum_i w_i  taken over the
 whole optimizer step (all micro-batches of gradient accumulation and all processes), see `mft.trainer`.
@@ -43,6 +46,8 @@ class Row:
     hidden: torch.Tensor | None = None  # bool [L], True = never an attention key
     source: str = ""  # the mixture component that made the row (for per-objective loss logs)
     sink: bool = False  # bidirectional rows: position 0 attends to itself alone
+    attention: torch.Tensor | None = None  # bool [L, L], a custom mask replacing the rule above
+    query_attention: torch.Tensor | None = None  # bool [L, L], two-stream models' query stream
 
     def __len__(self) -> int:
         return self.input_ids.numel()
@@ -88,6 +93,7 @@ class Objective:
     name: ClassVar[str]
     needs_mask_token: ClassVar[bool] = False
     bidirectional: ClassVar[bool] = False  # whether any of its rows use bidirectional attention
+    two_stream: ClassVar[bool] = False  # whether its rows need a model with a separate query stream
 
     def setup(self, special: SpecialTokens, tokenizer=None) -> None:
         """Called once by the collator. `tokenizer` (when there is one) lets an objective build its
