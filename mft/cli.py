@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--out", required=True, help="folder for train.jsonl and qa.jsonl")
     data.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                       help="task option, e.g. --option num_pairs=500 (repeatable)")
+    data.add_argument("--genwiki", default=None, metavar="DIR",
+                      help="wikireversal: the folder of the GenWiki JSON files (same as --option genwiki=DIR)")
     evaluate = commands.add_parser("eval", help="answer a QA file with a finished run's model")
     evaluate.add_argument("output_dir", help="the run's training.output_dir")
     evaluate.add_argument("--qa", required=True, help='JSONL of {"question", "answer", "direction"}')
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             return evaluate_run_command(args)
-        return write_task_data(args.task, args.out, args.option)
+        options = args.option + ([f"genwiki={args.genwiki}"] if args.genwiki else [])
+        return write_task_data(args.task, args.out, options)
     except RecipeError as error:
         print(f"mft: error: {error}", file=sys.stderr)
         return 2
@@ -69,6 +72,7 @@ def evaluate_run_command(args) -> int:
 
 
 def write_task_data(task: str, out: str, options: list[str]) -> int:
+    import json
     from pathlib import Path
 
     from .config import apply_override, parse_recipe
@@ -78,7 +82,14 @@ def write_task_data(task: str, out: str, options: list[str]) -> int:
     for option in options:
         apply_override(raw, f"task.{option}")
     recipe = parse_recipe(raw)
-    data = recipe.build_task().build()
+    builder = recipe.build_task()
+    if hasattr(builder, "build_with_stats"):  # wikireversal: also say what the filters kept
+        data, stats = builder.build_with_stats()
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        print(f"mft: {json.dumps(stats)}")
+    else:
+        data = builder.build()
     write_jsonl(Path(out) / "train.jsonl", data.train)
     write_jsonl(Path(out) / "qa.jsonl", data.qa)
     settings = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(recipe.build_task()).items())
