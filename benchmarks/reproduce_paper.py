@@ -85,8 +85,6 @@ def recipe_for(task: str, label: str, steps_scale: float, output_dir: Path) -> d
     settings = TASKS[task]
     objective, architecture = next((o, a) for name, o, a in ALL if name == label)
     steps = settings["encdec_steps"] if architecture == ENCDEC else settings["steps"]
-    if objective["name"] in ("ar_reverse", "ar_reverse_entity"):
-        steps *= 2  # two rows per example: the same number of passes over each direction
     objective = dict(objective)
     if task in ("bios", "star_graph") and objective["name"] in ("mlm", "mlm_u", "plm"):
         objective["predict_prompt"] = False  # questions and graphs are context; answers are masked

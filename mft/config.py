@@ -125,7 +125,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     attention_dropout: float = 0.0
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
-    cross_attention: Literal["last", "corresponding"] = "last"  # encoder_decoder: which encoder layer the decoder reads
+    cross_attention: Literal["corresponding", "last"] = "corresponding"  # encoder_decoder: what the decoder reads
     # The system message of every chat-formatted prompt (pretrained chat models only). null: the
     # chat template's own default (SmolLM2's adds "You are a helpful AI assistant named SmolLM, ...",
     # about 17 tokens per row); "" : an empty system turn. Written into the saved tokenizer's chat

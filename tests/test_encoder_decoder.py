@@ -79,6 +79,22 @@ def test_save_and_reload_through_the_auto_classes(tmp_path):
         assert torch.equal(model(ids).logits, reloaded(ids).logits)
 
 
+def test_corresponding_decoder_reads_the_encoder_blocks_keys_and_values():
+    """`corresponding` reads the keys/values each encoder block computes from its input, so the last
+    encoder block's MLP (which only shapes the encoder's final output) cannot change a prediction;
+    `last` reads that final output."""
+    ids = torch.randint(4, 40, (1, 6))
+    hidden = torch.tensor([[False, True, False, False, True, False]])
+    mask = attention_mask_4d(torch.ones(1, 6, dtype=torch.bool), torch.zeros(1, dtype=torch.bool), hidden)
+    for mode, invariant in (("corresponding", True), ("last", False)):
+        model = tiny_model(mode)
+        assert hasattr(model.decoder[0].cross_attention, "k_proj") == (mode == "last")
+        with torch.no_grad():
+            before = model(ids, attention_mask=mask).logits
+            model.encoder[-1].mlp.down_proj.weight.mul_(3.0)
+            assert torch.allclose(before, model(ids, attention_mask=mask).logits, atol=1e-6) == invariant, mode
+
+
 def test_config_refuses_impossible_shapes():
     with pytest.raises(ValueError, match="corresponding"):
         EncoderDecoderConfig(num_hidden_layers=4, num_decoder_layers=2, cross_attention="corresponding")

@@ -8,9 +8,11 @@ the visible tokens and a decoder that asks for one position at a time.
               that says which token is asked for is the position, which enters through RoPE in
               cross-attention. Each decoder block = cross-attention into the encoder + an MLP
               (no decoder self-attention: every prediction is computed independently, from the
-              encoder states it is allowed to see). `cross_attention: last` attends to the last
-              encoder layer (the authors' released code), `corresponding` to the encoder layer of
-              the same depth (the paper's text).
+              encoder states it is allowed to see). `cross_attention: corresponding` (the paper's
+              text, and XLNet's two streams) reads the keys and values that the encoder block of
+              the same depth computed, i.e. the visible tokens as they enter that block;
+              `cross_attention: last` (the authors' released code) projects keys and values of its
+              own from the last encoder layer's output.
     output    p(x_p | visible tokens) = softmax(W h_p) at decoder position p.
 
 Which keys a position sees (the same masks `mft.collator` builds for decoder-only models):
@@ -48,7 +50,7 @@ class EncoderDecoderConfig(PretrainedConfig):
 
     def __init__(self, vocab_size: int = 1024, hidden_size: int = 256, num_hidden_layers: int = 4,
                  num_decoder_layers: int | None = None, num_attention_heads: int = 4, intermediate_size: int = 1024,
-                 max_position_embeddings: int = 512, rope_theta: float = 10000.0, cross_attention: str = "last",
+                 max_position_embeddings: int = 512, rope_theta: float = 10000.0, cross_attention: str = "corresponding",
                  dropout: float = 0.0, initializer_range: float = 0.02, layer_norm_eps: float = 1e-5,
                  tie_word_embeddings: bool = False, **kwargs):
         if cross_attention not in ("last", "corresponding"):
@@ -84,25 +86,30 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
 
 
 class Attention(nn.Module):
-    """Multi-head attention of queries (at `query_positions`) into keys/values (at `key_positions`)."""
+    """Multi-head attention of queries (at `query_positions`) into given keys/values. With
+    `own_keys` it projects its own keys and values (`keys_values`); without, it is handed another
+    module's (the decoder reading the corresponding encoder layer's)."""
 
-    def __init__(self, config: EncoderDecoderConfig):
+    def __init__(self, config: EncoderDecoderConfig, own_keys: bool = True):
         super().__init__()
         self.heads, self.theta, self.dropout = config.num_attention_heads, config.rope_theta, config.dropout
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        if own_keys:
+            self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+            self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def forward(self, queries, keys, query_positions, key_positions, allowed):
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+
+    def keys_values(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rotate(self._heads(self.k_proj(x)), positions, self.theta), self._heads(self.v_proj(x))
+
+    def forward(self, queries, query_positions, keys_values, allowed):
         batch, q_len, width = queries.shape
-
-        def heads(x):
-            return x.view(batch, -1, self.heads, width // self.heads).transpose(1, 2)
-
-        q = rotate(heads(self.q_proj(queries)), query_positions, self.theta)
-        k = rotate(heads(self.k_proj(keys)), key_positions, self.theta)
-        v = heads(self.v_proj(keys))
+        k, v = keys_values
+        q = rotate(self._heads(self.q_proj(queries)), query_positions, self.theta)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.o_proj(out.transpose(1, 2).reshape(batch, q_len, width))
@@ -127,23 +134,36 @@ class EncoderBlock(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, positions, allowed):
+        """(output, the block's keys and values), the latter for a decoder block that shares them."""
         h = self.attention_norm(x)
-        x = x + self.attention(h, h, positions, positions, allowed)
-        return x + self.mlp(self.mlp_norm(x))
+        keys_values = self.attention.keys_values(h, positions)
+        x = x + self.attention(h, positions, keys_values, allowed)
+        return x + self.mlp(self.mlp_norm(x)), keys_values
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, config: EncoderDecoderConfig):
+    """Cross-attention into the encoder + an MLP. `shared_keys`: attend to the keys and values the
+    corresponding encoder block computed (as XLNet's query stream reads its content stream);
+    otherwise project keys and values of its own from the encoder states it is given."""
+
+    def __init__(self, config: EncoderDecoderConfig, shared_keys: bool):
         super().__init__()
         self.query_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.memory_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.cross_attention = Attention(config)
+        if not shared_keys:
+            self.memory_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.cross_attention = Attention(config, own_keys=not shared_keys)
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, h, memory, query_positions, key_positions, allowed):
-        h = h + self.cross_attention(self.query_norm(h), self.memory_norm(memory), query_positions, key_positions,
-                                     allowed)
+    def forward(self, h, query_positions, memory, allowed):
+        """`memory`: (keys, values) of the corresponding encoder block, or encoder states [B, L, d]
+        with their positions as (states, positions)."""
+        if not hasattr(self, "memory_norm"):
+            keys_values = memory
+        else:
+            states, positions = memory
+            keys_values = self.cross_attention.keys_values(self.memory_norm(states), positions)
+        h = h + self.cross_attention(self.query_norm(h), query_positions, keys_values, allowed)
         return h + self.mlp(self.mlp_norm(h))
 
 
@@ -178,7 +198,8 @@ class EncoderDecoderForMaskedPrediction(EncoderDecoderPreTrainedModel):
         self.query = nn.Parameter(torch.zeros(config.hidden_size))  # the decoder's one shared input
         self.encoder = nn.ModuleList(EncoderBlock(config) for _ in range(config.num_hidden_layers))
         self.encoder_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.ModuleList(DecoderBlock(config) for _ in range(config.num_decoder_layers))
+        shared = config.cross_attention == "corresponding"
+        self.decoder = nn.ModuleList(DecoderBlock(config, shared) for _ in range(config.num_decoder_layers))
         self.decoder_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
@@ -223,16 +244,17 @@ class EncoderDecoderForMaskedPrediction(EncoderDecoderPreTrainedModel):
         allowed, query_allowed = with_some_key(allowed), with_some_key(query_allowed)
 
         x = self.embed_tokens(input_ids)
-        layers = []
+        keys_values = []
         for block in self.encoder:
-            x = block(x, position_ids, allowed)
-            layers.append(x)
-        memories = [self.encoder_norm(x)] * len(self.decoder)
+            x, block_keys_values = block(x, position_ids, allowed)
+            keys_values.append(block_keys_values)
         if self.config.cross_attention == "corresponding":
-            memories = layers[:-1] + [memories[-1]]
+            memories = keys_values
+        else:
+            memories = [(self.encoder_norm(x), position_ids)] * len(self.decoder)
         h = self.query.to(x.dtype).expand(batch, length, -1)
         for block, memory in zip(self.decoder, memories):
-            h = block(h, memory, query_positions, position_ids, query_allowed)
+            h = block(h, query_positions, memory, query_allowed)
         logits = self.lm_head(self.decoder_norm(h))
 
         loss = None
