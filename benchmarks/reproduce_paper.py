@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -128,7 +129,8 @@ def main() -> None:
         for label in TASKS[task]["objectives"]:
             if args.only and label not in args.only:
                 continue
-            recipe = recipe_for(task, label, args.steps_scale, Path(args.runs_dir) / task / label.replace(" ", "_"))
+            folder = re.sub(r"[^A-Za-z0-9]+", "_", label.replace("*", " no delimiters")).strip("_")
+            recipe = recipe_for(task, label, args.steps_scale, Path(args.runs_dir) / task / folder)
             results, wall = run(recipe)
             paper = PAPER[task].get(label)
             row = {"objective": label, "architecture": recipe["model"]["architecture"],

@@ -11,6 +11,7 @@ status 2 and one line on stderr that names the field and the fix.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -101,14 +102,10 @@ def check_architecture(recipe: Recipe, objective) -> None:
 
     architecture = "pretrained" if recipe.model.name_or_path else recipe.model.architecture
     components = list(objective.components) if isinstance(objective, Mixture) else [objective]
-    if architecture == "pretrained":
-        from transformers import AutoConfig
-
-        try:
-            if AutoConfig.from_pretrained(recipe.model.name_or_path).model_type == "mft_encoder_decoder":
-                architecture = "encoder_decoder"
-        except (OSError, ValueError):
-            pass  # a Hub id or GGUF file: a causal LM; loading reports a missing model
+    config_file = Path(recipe.model.name_or_path or "") / "config.json"
+    if architecture == "pretrained" and config_file.is_file():  # a saved run, maybe of the encoder-decoder
+        if json.loads(config_file.read_text()).get("model_type") == "mft_encoder_decoder":
+            architecture = "encoder_decoder"
     for component in components:
         if component.two_stream and architecture != "encoder_decoder":
             raise RecipeError(f"objective {component.name!r} needs a model with a separate query stream; set "

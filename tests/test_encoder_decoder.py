@@ -202,3 +202,17 @@ def test_trains_through_mft_and_answers(tmp_path, objective, architecture):
 def test_impossible_objective_and_model_pairs_are_refused(tmp_path, objective, architecture, match):
     with pytest.raises(RecipeError, match=match):
         prepare(_recipe(tmp_path, objective, architecture))
+
+
+def test_a_saved_encoder_decoder_run_may_continue_with_plm(tmp_path):
+    """The two-stream check reads a saved model's config.json (no network, no loading)."""
+    from mft.train import check_architecture
+
+    saved = tmp_path / "saved"
+    tiny_model().save_pretrained(saved)
+    recipe = _recipe(tmp_path, {"name": "plm"})
+    recipe.model.name_or_path = str(saved)
+    check_architecture(recipe, recipe.build_objective())
+    (saved / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(RecipeError, match="separate query stream"):
+        check_architecture(recipe, recipe.build_objective())

@@ -98,7 +98,7 @@ def test_cli_writes_corpus_qa_and_stats(tmp_path):
 
 
 def test_bad_inputs_are_named(tmp_path):
-    with pytest.raises(RecipeError, match="no such folder"):
+    with pytest.raises(RecipeError, match="task.genwiki .* no such folder"):
         WikiReversalTask(genwiki=str(tmp_path / "missing")).build()
     (tmp_path / "bad.json").write_text(json.dumps([{"text": "x"}]))
     with pytest.raises(RecipeError, match="bad.json record 0: a GenWiki record needs"):

@@ -67,7 +67,7 @@ def read_genwiki(folder: str | Path) -> list[dict[str, Any]]:
     """Every record of every .json / .jsonl file under `folder` (GenWiki ships JSON lists)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise RecipeError(f"--genwiki {folder}: no such folder; download GenWiki and give the folder of its JSON files")
+        raise RecipeError(f"task.genwiki (--genwiki) = {folder}: no such folder; download GenWiki and give the folder of its JSON files")
     records = []
     for path in sorted(folder.rglob("*.json*")):
         text = path.read_text(encoding="utf-8")
@@ -81,7 +81,7 @@ def read_genwiki(folder: str | Path) -> list[dict[str, Any]]:
                 raise RecipeError(f"{path} record {index}: a GenWiki record needs 'text', 'entities' and 'graph'")
             records.append(record)
     if not records:
-        raise RecipeError(f"--genwiki {folder}: no GenWiki records (*.json) found")
+        raise RecipeError(f"task.genwiki (--genwiki) = {folder}: no GenWiki records (*.json) found")
     return records
 
 
