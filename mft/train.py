@@ -107,6 +107,9 @@ def check_architecture(recipe: Recipe, objective) -> None:
         if json.loads(config_file.read_text()).get("model_type") == "mft_encoder_decoder":
             architecture = "encoder_decoder"
     for component in components:
+        if component.two_stream and recipe.training.pack_length:
+            raise RecipeError(f"training.pack_length: objective {component.name!r} brings its own attention masks, "
+                              f"which cannot be packed; set pack_length: 0")
         if component.two_stream and architecture != "encoder_decoder":
             raise RecipeError(f"objective {component.name!r} needs a model with a separate query stream; set "
                               f"model.architecture: encoder_decoder (a decoder-only model would see the token it predicts)")

@@ -198,10 +198,15 @@ def test_trains_through_mft_and_answers(tmp_path, objective, architecture):
     ({"name": "mixture", "mix": {"plm": 0.5, "mlm_u": 0.5}}, "gpt2", "separate query stream"),
     ({"name": "ar"}, "bert", "bert attends to every token"),
     ({"name": "mlm_u", "shift": True}, "encoder_decoder", "shift"),
+    ({"name": "plm", "pack": True}, "encoder_decoder", "cannot be packed"),
 ])
 def test_impossible_objective_and_model_pairs_are_refused(tmp_path, objective, architecture, match):
+    objective = dict(objective)
+    pack = objective.pop("pack", False)
+    recipe = _recipe(tmp_path, objective, architecture)
+    recipe.training.pack_length = 32 if pack else 0
     with pytest.raises(RecipeError, match=match):
-        prepare(_recipe(tmp_path, objective, architecture))
+        prepare(recipe)
 
 
 def test_a_saved_encoder_decoder_run_may_continue_with_plm(tmp_path):
