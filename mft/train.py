@@ -106,6 +106,9 @@ def check_architecture(recipe: Recipe, objective) -> None:
     if architecture == "pretrained" and config_file.is_file():  # a saved run, maybe of the encoder-decoder
         if json.loads(config_file.read_text()).get("model_type") == "mft_encoder_decoder":
             architecture = "encoder_decoder"
+    if architecture == "encoder_decoder" and len({c.bidirectional for c in components}) > 1:
+        raise RecipeError("model.architecture = encoder_decoder: a mixture cannot combine next-token objectives (the "
+                          "decoder asks for the next token) with masked ones (it asks for its own position); train one kind")
     for component in components:
         if component.two_stream and recipe.training.pack_length:
             raise RecipeError(f"training.pack_length: objective {component.name!r} brings its own attention masks, "

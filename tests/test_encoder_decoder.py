@@ -199,6 +199,7 @@ def test_trains_through_mft_and_answers(tmp_path, objective, architecture):
     ({"name": "ar"}, "bert", "bert attends to every token"),
     ({"name": "mlm_u", "shift": True}, "encoder_decoder", "shift"),
     ({"name": "plm", "pack": True}, "encoder_decoder", "cannot be packed"),
+    ({"name": "mixture", "mix": {"ar": 0.5, "mlm_u": 0.5}}, "encoder_decoder", "cannot combine"),
 ])
 def test_impossible_objective_and_model_pairs_are_refused(tmp_path, objective, architecture, match):
     objective = dict(objective)

@@ -37,6 +37,7 @@ from .base import IGNORE, Objective, Row
 @dataclass
 class PLM(Objective):
     name = "plm"
+    bidirectional = True  # its rows need 4D masks
     two_stream = True
     predict_prompt: bool = True
 
