@@ -71,9 +71,11 @@ def test_every_pair_appears_as_exactly_one_statement():
     pairs = _pairs(data)
     for key, value in pairs.items():
         assert statements.count(f"{key} {SEPARATOR} {value}") == 1
-    # every training row is a statement or a query
+    # every training row is a statement or a query, naming its key and value as entities
     for row in data.train:
-        assert set(row) in ({"text"}, {"prompt", "completion"}), row
+        assert set(row) in ({"text", "entities"}, {"prompt", "completion", "entities"}), row
+        texts = [row.get("text", "")] + [row.get("prompt", ""), row.get("completion", "")]
+        assert len(row["entities"]) == 2 and all(any(e in t for t in texts) for e in row["entities"])
 
 
 @pytest.mark.parametrize("num_pairs,query_fraction", [(40, 0.8), (10, 0.5), (7, 0.3), (12, 0.0), (12, 1.0)])

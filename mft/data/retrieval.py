@@ -7,7 +7,8 @@ no token is shared between two entities, so token statistics carry no hint. Trai
     a fraction `query_fraction` of forward queries "[value_of] k1 k2 :" -> "v1 v2"
     a fraction `query_fraction` of backward queries "[key_of] v1 v2 :"  -> "k1 k2"
 
-Evaluation: the held-out queries in each direction, answered by generation (exact match). A model
+Every row names its key and value as `entities` (for entity reversal). Evaluation: the held-out
+queries in each direction, answered by generation (exact match). A model
 that learnt only the left-to-right factorization answers forward queries (the statement gives
 key -> value) but not backward ones; backward queries are only answerable by a model that can
 predict the key from the value.
@@ -49,7 +50,7 @@ class RetrievalTask:
         entities = [token_names[i:i + self.tokens_per_entity] for i in range(0, num_tokens, self.tokens_per_entity)]
         pairs = [(" ".join(entities[2 * i]), " ".join(entities[2 * i + 1])) for i in range(self.num_pairs)]
 
-        train = [{"text": f"{key} {SEPARATOR} {value}"} for key, value in pairs]
+        train = [{"text": f"{key} {SEPARATOR} {value}", "entities": [key, value]} for key, value in pairs]
         qa = []
         num_train_queries = round(self.query_fraction * self.num_pairs)
         for direction, prefix, make in (
@@ -62,7 +63,7 @@ class RetrievalTask:
                 given, answer = make(*pairs[index])
                 question = f"{prefix} {given} {SEPARATOR}"
                 if rank < num_train_queries:
-                    train.append({"prompt": question, "completion": answer})
+                    train.append({"prompt": question, "completion": answer, "entities": [given, answer]})
                 else:
                     qa.append({"question": question, "answer": answer, "direction": direction})
         rng.shuffle(train)
