@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from .retrieval import unique_token_entities
 from .schema import TaskData
 
 FORWARD_ARROW = "=>"
@@ -43,11 +44,7 @@ class RelationshipTask:
 
     def build(self) -> TaskData:
         rng = random.Random(self.seed)
-        num_tokens = 3 * self.num_chains * self.tokens_per_entity
-        names = [f"t{i}" for i in range(num_tokens)]
-        rng.shuffle(names)
-        k = self.tokens_per_entity
-        entities = [" ".join(names[i:i + k]) for i in range(0, num_tokens, k)]
+        entities = unique_token_entities(3 * self.num_chains, self.tokens_per_entity, rng)
         chains = [tuple(entities[3 * i:3 * i + 3]) for i in range(self.num_chains)]
 
         train = [{"text": f"{a} {FORWARD_ARROW} {b} {FORWARD_ARROW} {c}", "entities": [a, b, c]} for a, b, c in chains]
