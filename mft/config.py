@@ -131,6 +131,13 @@ class ModelConfig:
     # about 17 tokens per row); "" : an empty system turn. Written into the saved tokenizer's chat
     # template, so evaluation and generation after the run format prompts the same way.
     system_prompt: str | None = None
+    # From-scratch models: start every row with BOS. A BOS that every query sees gives each position
+    # its distance from the row's start, and masked models then memorise answers by absolute
+    # position: on the relationship task a question "B =>" (B at the row's start) was answered with
+    # the token that sits at that distance in a *trained* question about B, instead of C from the
+    # statement "A => B => C" (forward 0.30 with BOS, 1.00 without; BENCHMARKS.md). Without BOS only
+    # relative positions (RoPE) are left, so a fact is recalled the same wherever it appears.
+    add_bos_token: bool = True
 
     def __post_init__(self):
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

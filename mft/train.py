@@ -77,7 +77,7 @@ def prepare(recipe: Recipe):
             print(f"mft: {note}", flush=True)
     else:
         texts = [text for row in data.train + data.qa for text in row_texts(row)] + objective.vocabulary_texts()
-        tokenizer = build_word_tokenizer(texts)
+        tokenizer = build_word_tokenizer(texts, add_bos_token=recipe.model.add_bos_token)
     train_dataset = TokenizedDataset.from_rows(tokenizer, data.train)
     if recipe.training.pack_length:
         longest_example = max(train_dataset.examples, key=lambda example: len(example["input_ids"]))
@@ -106,6 +106,9 @@ def check_architecture(recipe: Recipe, objective) -> None:
     if architecture == "pretrained" and config_file.is_file():  # a saved run, maybe of the encoder-decoder
         if json.loads(config_file.read_text()).get("model_type") == "mft_encoder_decoder":
             architecture = "encoder_decoder"
+    if architecture == "pretrained" and not recipe.model.add_bos_token:
+        raise RecipeError("model.add_bos_token = false applies to from-scratch models (their task tokenizer); a "
+                          "pretrained model keeps its own tokenizer's start tokens: remove the field")
     if architecture == "encoder_decoder" and len({c.bidirectional for c in components}) > 1:
         raise RecipeError("model.architecture = encoder_decoder: a mixture cannot combine next-token objectives (the "
                           "decoder asks for the next token) with masked ones (it asks for its own position); train one kind")

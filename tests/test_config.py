@@ -518,3 +518,37 @@ def test_a_saved_datasets_dataset_trains_like_a_file(tmp_path, capsys):
     raw["data"] = {"train_file": str(qa), "train_dataset": str(tmp_path / "ds")}
     assert mft.train.main([write_recipe(tmp_path, raw)]) == 2
     assert "exactly one of data.train_file" in capsys.readouterr().err
+
+
+def test_from_scratch_run_without_bos(tmp_path, capsys, one_thread):
+    """model.add_bos_token = false: no row starts with BOS, in training or at evaluation, and the
+    saved tokenizer keeps that choice."""
+    from transformers import AutoTokenizer
+
+    from mft.collator import MFTCollator
+    from mft.data import build_word_tokenizer, encode_prompt
+
+    out = tmp_path / "run"
+    overrides = ["model.add_bos_token=false", f"training.output_dir={out}", "training.max_steps=2"]
+    recipe = load_recipe(write_recipe(tmp_path, tiny_raw(tmp_path)), overrides)
+    data, tokenizer, objective, dataset = mft.train.prepare(recipe)
+    assert all(example["input_ids"][0] != tokenizer.bos_token_id for example in dataset.examples)
+    collator = MFTCollator(objective, tokenizer)
+    assert all(tokenizer.bos_token_id not in row.input_ids.tolist()
+               for example in dataset.examples for row in collator.rows(example))
+    first_words = {row["text"].split()[0] for row in data.train if "text" in row}
+    assert {tokenizer.convert_ids_to_tokens(int(example["input_ids"][0])) for example in dataset.examples} >= first_words
+
+    assert mft.train.main([write_recipe(tmp_path, tiny_raw(tmp_path)), *overrides]) == 0, capsys.readouterr().err
+    saved = AutoTokenizer.from_pretrained(out)
+    question = data.qa[0]["question"]
+    assert encode_prompt(saved, question) == saved(question, add_special_tokens=False)["input_ids"]
+    default = build_word_tokenizer([question])
+    assert encode_prompt(default, question)[0] == default.bos_token_id  # the default still starts with BOS
+
+
+def test_add_bos_token_false_is_refused_for_a_pretrained_model(tmp_path, capsys, no_model):
+    raw = tiny_raw(tmp_path)
+    raw["model"] = {"name_or_path": "smollm2-135m", "add_bos_token": False}
+    line = error_line(capsys, [write_recipe(tmp_path, raw)])
+    assert "model.add_bos_token" in line

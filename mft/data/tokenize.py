@@ -19,11 +19,12 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>",
                   "mask_token": "<mask>"}
 
 
-def build_word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+def build_word_tokenizer(texts: list[str], add_bos_token: bool = True) -> PreTrainedTokenizerFast:
     """A word-level tokenizer (split on whitespace) whose vocabulary is every word of `texts`.
 
     Synthetic tasks are written as space-separated symbols, so one word = one token, in the order
-    the words first appear (deterministic for a deterministic task)."""
+    the words first appear (deterministic for a deterministic task). With `add_bos_token` every
+    sequence starts with BOS, like Llama's tokenizer; the saved tokenizer keeps the choice."""
     vocab: dict[str, int] = {}
     for token in SPECIAL_TOKENS.values():
         vocab.setdefault(token, len(vocab))
@@ -32,10 +33,10 @@ def build_word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
             vocab.setdefault(word, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    # Like Llama's tokenizer it starts every sequence with BOS, which `encode_row` relies on.
-    bos = SPECIAL_TOKENS["bos_token"]
-    backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
-                                                           special_tokens=[(bos, vocab[bos])])
+    if add_bos_token:  # `encode_row` asks the tokenizer whether it starts sequences with BOS
+        bos = SPECIAL_TOKENS["bos_token"]
+        backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                               special_tokens=[(bos, vocab[bos])])
     return PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS)
 
 
