@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = commands.add_parser("eval", help="answer a QA file with a finished run's model")
     evaluate.add_argument("output_dir", help="the run's training.output_dir")
     evaluate.add_argument("--qa", required=True, help='JSONL of {"question", "answer", "direction"}')
-    evaluate.add_argument("--decoding", choices=["causal", "masked"], default=None,
+    evaluate.add_argument("--decoding", choices=["causal", "masked", "masked_any_order"], default=None,
                           help="default: the run's objective's (masked for mlm/mlm_u, else causal)")
     evaluate.add_argument("--max-new-tokens", type=int, default=32)
     evaluate.add_argument("--batch-size", type=int, default=32)

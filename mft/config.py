@@ -46,10 +46,11 @@ def _default_report_to() -> str:
 class MFTConfig(TrainingArguments):
     """`TrainingArguments` with mft's defaults and evaluation options (TRL's SFTConfig pattern)."""
 
-    decoding: Literal["causal", "masked"] | None = field(
+    decoding: Literal["causal", "masked", "masked_any_order"] | None = field(
         default=None,
         metadata={"help": "How answers are generated at evaluation: 'causal' (left-to-right with causal "
-                          "attention) or 'masked' (left-to-right masked decoding, bidirectional attention). "
+                          "attention), 'masked' (left-to-right masked decoding, bidirectional attention) or "
+                          "'masked_any_order' (masked decoding, the most confident slot first). "
                           "Default: the objective's natural one."},
     )
     max_new_tokens: int = field(default=16, metadata={"help": "Longest answer generated at evaluation."})

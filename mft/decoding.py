@@ -9,6 +9,14 @@ in training), take the arg-max token at the slot, write it in,
 and repeat with the next slot until the end-of-sequence token or `max_new_tokens`. This asks the
 model exactly what MLM-U training asked it: predict a masked token from the visible ones.
 Special tokens other than EOS (mask, pad, bos, ...) are never generated.
+
+`masked_any_order`: masked decoding in the order of confidence, as absorbing-state diffusion models
+decode (MaskGIT; LLaDA's "low-confidence remasking" with one token per step, greedy). The context is
+followed by `max_new_tokens` mask slots, none of them a key; each step runs the model once, takes
+every open slot's arg-max token and its probability, and writes in the one token the model is surest
+of, which becomes visible to all. An EOS written at slot k ends the answer there: the slots after it
+are dropped. The answer may thus be built from its end (a path from its goal back to its start, a
+name from its last word), which left-to-right decoding never allows.
 """
 
 from __future__ import annotations
@@ -102,6 +110,62 @@ def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     return answers
 
 
+@torch.no_grad()
+def generate_masked_any_order(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                              shift: bool = False, keep_sink: bool = False) -> list[list[int]]:
+    """Greedy masked decoding, most confident slot first; see the module docstring. With `shift`
+    the slot at p is read from the logits at p - 1, as in `generate_masked`."""
+    if tokenizer.mask_token_id is None:
+        raise ValueError("masked decoding needs a tokenizer with a mask token")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_id = tokenizer.eos_token_id
+    banned = [i for i in tokenizer.all_special_ids if i != eos_id]
+
+    batch = len(prompts)
+    starts = torch.tensor([len(p) for p in prompts])
+    ends = starts + max_new_tokens  # one past the last slot; an EOS moves it to just after itself
+    length = int(ends.max())
+    input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    for b, prompt in enumerate(prompts):
+        input_ids[b, :len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        input_ids[b, len(prompt):int(ends[b])] = tokenizer.mask_token_id
+    positions = torch.arange(length)[None]
+    is_slot = (positions >= starts[:, None]) & (positions < ends[:, None])
+    rows = torch.arange(batch)
+    for _ in range(max_new_tokens):
+        key_valid = positions < ends[:, None]
+        open_slots = is_slot & key_valid & (input_ids == tokenizer.mask_token_id)
+        if not open_slots.any():
+            break
+        mask = attention_mask_4d(key_valid, torch.zeros(batch, dtype=torch.bool), open_slots,
+                                 torch.full((batch,), keep_sink))
+        logits = model(input_ids=input_ids.to(device),
+                       attention_mask=to_model_mask(mask.to(device), attention_implementation(model), dtype)).logits
+        if shift:  # the logits at p - 1 predict the token at p
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        where = open_slots.to(device)
+        slot_logits = logits[where].float()
+        slot_logits[:, banned] = float("-inf")
+        confidence, tokens = slot_logits.softmax(-1).max(-1)
+        best_confidence = torch.full((batch, length), -1.0, device=device)
+        best_confidence[where] = confidence
+        best_token = torch.full((batch, length), pad_id, dtype=torch.long, device=device)
+        best_token[where] = tokens
+        chosen = best_confidence.argmax(-1).cpu()
+        active = open_slots.any(-1)
+        token = best_token.cpu()[rows, chosen]
+        input_ids[rows[active], chosen[active]] = token[active]
+        finished = active & (token == eos_id)
+        ends[finished] = chosen[finished] + 1
+    answers = []
+    for b in range(batch):
+        answer = input_ids[b, int(starts[b]):int(ends[b])].tolist()
+        answers.append(_cut_at_eos(answer, eos_id))
+    return answers
+
+
 def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_tokens: int, batch_size: int = 64,
              shift: bool = False, keep_sink: bool = False):
     answers = []
@@ -109,6 +173,9 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_
         batch = prompts[start:start + batch_size]
         if decoding == "masked":
             answers.extend(generate_masked(model, tokenizer, batch, max_new_tokens, shift=shift, keep_sink=keep_sink))
+        elif decoding == "masked_any_order":
+            answers.extend(generate_masked_any_order(model, tokenizer, batch, max_new_tokens, shift=shift,
+                                                     keep_sink=keep_sink))
         else:
             answers.extend(generate_causal(model, tokenizer, batch, max_new_tokens))
     return answers

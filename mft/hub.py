@@ -323,6 +323,10 @@ def _usage(repo: str, adapter: bool, added_mask_token: bool, decoding: str, extr
     if decoding == "masked":
         lines += ["Masked decoding appends one mask slot at a time and reads it with bidirectional attention, "
                   "as the model was trained; plain `model.generate` (causal) is not how it was evaluated.", ""]
+    elif decoding == "masked_any_order":
+        lines += ["It was evaluated with masked decoding in any order (`mft.decoding.generate_masked_any_order`: "
+                  "mask slots after the prompt, the most confident one filled first, bidirectional attention); "
+                  "plain `model.generate` (causal) is not how it was evaluated.", ""]
     return lines
 
 

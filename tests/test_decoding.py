@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import mft.eval
 from mft.data import build_word_tokenizer, encode_prompt
-from mft.decoding import generate, generate_causal, generate_masked
+from mft.decoding import generate, generate_causal, generate_masked, generate_masked_any_order
 
 WORDS = [f"w{i}" for i in range(40)]
 QUESTIONS = ["w1", "w2 w3 w4", "w5 w6", "w7 w8 w9 w10 w11 w12", "w13 w14 w15 w16"]
@@ -220,6 +220,96 @@ def test_generate_masked_needs_a_mask_token(tokenizer):
 
     with pytest.raises(ValueError, match="mask token"):
         generate_masked(model, NoMask(), [[1, 5]], max_new_tokens=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# masked, any order
+
+
+@torch.no_grad()
+def any_order_reference(model, tokenizer, prompt: list[int], max_new_tokens: int, shift: bool = False,
+                        keep_sink: bool = False) -> tuple[list[int], list[int]]:
+    """(answer, the slot filled at each step) for one prompt, written out slot by slot."""
+    eos, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
+    banned = [i for i in tokenizer.all_special_ids if i != eos]
+    row = list(prompt) + [mask_id] * max_new_tokens
+    end, order = len(row), []
+    while mask_id in row[len(prompt):end]:
+        slots = [i for i in range(len(prompt), end) if row[i] == mask_id]
+        allowed = torch.zeros(end, end, dtype=torch.bool)
+        for query in range(end):
+            for key in range(end):
+                allowed[query, key] = key == query or key not in slots
+        if keep_sink:
+            allowed[0, 1:] = False
+        mask = torch.zeros(1, 1, end, end).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        logits = model(input_ids=torch.tensor([row[:end]]), attention_mask=mask).logits[0]
+        best = None
+        for slot in slots:
+            scores = logits[slot - int(shift)].clone()
+            scores[banned] = float("-inf")
+            probability, token = scores.softmax(-1).max(-1)
+            if best is None or probability > best[0]:
+                best = (probability, slot, int(token))
+        _, slot, token = best
+        row[slot] = token
+        order.append(slot - len(prompt))
+        if token == eos:
+            end = slot + 1
+    answer = row[len(prompt):end]
+    return (answer[:answer.index(eos)] if eos in answer else answer), order
+
+
+@pytest.mark.parametrize("seed", [2, 4, 6])
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_generate_masked_any_order_matches_hand_written_loop(tokenizer, attn_implementation, seed):
+    model = make_model(tokenizer, attn_implementation, seed=seed)
+    prompts = prompts_of(tokenizer)
+    expected = [any_order_reference(model, tokenizer, p, 5)[0] for p in prompts]
+    assert any(expected)
+    assert generate_masked_any_order(model, tokenizer, prompts, max_new_tokens=5) == expected
+    assert generate(model, tokenizer, prompts, "masked_any_order", max_new_tokens=5, batch_size=2) == expected
+
+
+def test_generate_masked_any_order_is_not_left_to_right(tokenizer):
+    """Across seeds and prompts some answer is built out of order, and then it differs from what
+    left-to-right masked decoding gives."""
+    out_of_order = differs = 0
+    for seed in range(6):
+        model = make_model(tokenizer, seed=seed)
+        for prompt in prompts_of(tokenizer):
+            answer, order = any_order_reference(model, tokenizer, prompt, 5)
+            if order != sorted(order):
+                out_of_order += 1
+                differs += answer != greedy_masked_reference(model, tokenizer, prompt, 5)
+    assert out_of_order > 0 and differs > 0
+
+
+@pytest.mark.parametrize("shift, keep_sink", [(True, False), (True, True)])
+def test_generate_masked_any_order_with_shift_and_sink(tokenizer, shift, keep_sink):
+    model = make_model(tokenizer, "sdpa", seed=2)
+    prompts = prompts_of(tokenizer)
+    expected = [any_order_reference(model, tokenizer, p, 5, shift=shift, keep_sink=keep_sink)[0] for p in prompts]
+    assert generate_masked_any_order(model, tokenizer, prompts, max_new_tokens=5, shift=shift,
+                                     keep_sink=keep_sink) == expected
+
+
+def test_generate_masked_any_order_drops_the_slots_after_an_eos(tokenizer):
+    model = make_model(tokenizer, seed=3)
+    eos = tokenizer.eos_token_id
+
+    def eos_sure_at_slot_2(module, inputs, output):  # the third slot after each prompt: EOS, surely
+        output = output.clone()
+        for b, start in enumerate(starts):
+            output[b, start + 2, eos] += 1e4
+        return output
+
+    prompts = prompts_of(tokenizer)
+    starts = [len(p) for p in prompts]
+    model.lm_head.register_forward_hook(eos_sure_at_slot_2)
+    answers = generate_masked_any_order(model, tokenizer, prompts, max_new_tokens=6)
+    assert all(len(answer) <= 2 and eos not in answer for answer in answers)
+    assert any(len(answer) == 2 for answer in answers)
 
 
 # ---------------------------------------------------------------------------------------------
