@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from mft.config import parse_recipe
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Objectives, as (label, objective section, architecture).
@@ -81,8 +83,7 @@ TASKS = {
                                  "MLM-U": 1500, "MLM-U (enc-dec)": 2000, "PLM (enc-dec)": 2000}},
     "relationship": {"task": {"name": "relationship", "num_chains": 200, "tokens_per_entity": 2, "query_fraction": 0.8},
                      "max_positions": 48, "max_new_tokens": 4,
-                     "objectives": {"AR w/reverse (entity)": 2000, "AR w/reverse (entity)*": 2000, "MLM 15%": 3000,
-                                    "MLM 40%": 3000, "MLM 85%": 3000, "MLM-U": 3000, "MLM-U (enc-dec)": 3000,
+                     "objectives": {"AR w/reverse (entity)": 2000, "AR w/reverse (entity)*": 2000, "MLM 40%": 3000, "MLM 85%": 3000, "MLM-U": 3000, "MLM-U (enc-dec)": 3000,
                                     "PLM (enc-dec)": 3000}},
     "bios": {"task": {"name": "bios", "num_people": 1000, "qa_fraction": 0.5}, "max_positions": 64, "max_new_tokens": 6,
              "objectives": {"AR": 2000, "AR w/reverse (token)": 2000, "MLM 40%": 2000, "MLM-U": 2000}},
@@ -146,16 +147,16 @@ def main() -> None:
     everything = json.loads(out.read_text()) if out.is_file() else {}
     for task in args.tasks:
         # Longest runs first, so that the last runs of the pool do not train alone.
-        labels = sorted(args.only or TASKS[task]["objectives"],
-                        key=lambda label: -TASKS[task]["objectives"].get(label, DEFAULT_STEPS))
+        labels = sorted(args.only or TASKS[task]["objectives"], key=lambda label: -expected_cost(task, label))
         started = time.time()
         # Small models use two cores poorly: with --jobs 2, two runs of one thread each train side by side.
         threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             rows = list(pool.map(lambda label: run_one(task, label, args, threads), labels))
         task_wall = time.time() - started
-        # A partial rerun (--only) replaces its own rows and keeps the others.
-        kept = [r for r in everything.get(task, {}).get("rows", []) if r["objective"] not in {x["objective"] for x in rows}]
+        # A partial rerun (--only) replaces its own rows and keeps the others; a full run replaces all.
+        earlier = everything.get(task, {}).get("rows", []) if args.only else []
+        kept = [r for r in earlier if r["objective"] not in {x["objective"] for x in rows}]
         order = [label for label, _, _ in ALL]
         rows = sorted(kept + rows, key=lambda r: order.index(r["objective"]))
         everything[task] = {"rows": rows, "settings": TASKS[task], "jobs": args.jobs,
@@ -168,6 +169,14 @@ def main() -> None:
     print(f"written: {out}")
 
 
+def expected_cost(task: str, label: str) -> float:
+    """Training rows a run goes through, relative: steps, times two for the reversal objectives
+    (each example gives its row and a reversed copy), times 1.3 for the encoder-decoder."""
+    objective, architecture = next((o, a) for name, o, a in ALL if name == label)
+    rows_per_example = 2 if objective["name"].startswith("ar_reverse") else 1
+    return TASKS[task]["objectives"].get(label, DEFAULT_STEPS) * rows_per_example * (1.3 if architecture == ENCDEC else 1)
+
+
 def run_one(task: str, label: str, args, threads: int | None) -> dict:
     folder = re.sub(r"[^A-Za-z0-9]+", "_", label.replace("*", " no delimiters")).strip("_")
     recipe = recipe_for(task, label, args.steps_scale, Path(args.runs_dir) / task / folder)
@@ -178,8 +187,25 @@ def run_one(task: str, label: str, args, threads: int | None) -> dict:
            "backward": results.get("backward", {}).get("exact_match"),
            "incorrect_inference": _mean([m.get("incorrect_inference") for m in results.values()]),
            "paper": PAPER[task].get(label)}
+    if recipe["objective"]["name"] in ("mlm", "mlm_u", "plm"):  # the same model, asked in any order too
+        any_order = answer_in_any_order(recipe, threads)
+        row["any_order"] = [any_order["forward"]["exact_match"], any_order.get("backward", {}).get("exact_match")]
     print(f"{task}: {label} {row['forward']:.3f} / {row['backward']} in {wall:.0f} s", flush=True)
     return row
+
+
+def answer_in_any_order(recipe: dict, threads: int | None) -> dict:
+    """The held-out questions answered by a finished masked run with `masked_any_order` decoding
+    (the paper, and mft's default for masked models, decode left to right)."""
+    output_dir = Path(recipe["training"]["output_dir"])
+    qa_file = output_dir / "heldout_qa.jsonl"
+    qa_file.write_text("".join(json.dumps(row) + "\n" for row in parse_recipe(recipe).build_task().build().qa))
+    command = [sys.executable, "-m", "mft.cli", "eval", str(output_dir), "--qa", str(qa_file), "--decoding",
+               "masked_any_order", "--max-new-tokens", str(recipe["training"]["max_new_tokens"]), "--batch-size",
+               "256", "--out", str(output_dir / "eval_any_order.json")]
+    environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, env=environment)
+    return json.loads((output_dir / "eval_any_order.json").read_text())
 
 
 def _mean(values):
@@ -188,12 +214,15 @@ def _mean(values):
 
 
 def print_table(task: str, rows: list[dict]) -> None:
-    print(f"\n### {task}\n\n| objective | model | steps | forward | backward | incorrect inference | paper | wall (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n### {task}\n\n| objective | model | steps | forward | backward | incorrect inference | any order | "
+          f"paper | wall (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         paper = "/".join(str(v) for v in row["paper"]) if row["paper"] else "-"
+        any_order = "/".join(percent(v) for v in row["any_order"] if v is not None) if row.get("any_order") else "-"
         print(f"| {row['objective']} | {row['architecture']} | {row['steps']} | {percent(row['forward'])} | "
-              f"{percent(row['backward'])} | {percent(row['incorrect_inference'])} | {paper} | {row['wall_seconds']:.0f} |")
+              f"{percent(row['backward'])} | {percent(row['incorrect_inference'])} | {any_order} | {paper} | "
+              f"{row['wall_seconds']:.0f} |")
 
 
 def plot(task: str, rows: list[dict], path: Path) -> None:
