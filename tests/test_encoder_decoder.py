@@ -15,21 +15,22 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from mft.config import RecipeError, load_recipe
 from mft.data import build_word_tokenizer, encode_row
 from mft.models.attention import attention_mask_4d
+from mft.models import encoder_decoder
 from mft.models.encoder_decoder import EncoderDecoderConfig, EncoderDecoderForMaskedPrediction
 from mft.objectives import PLM, SpecialTokens
 from mft.train import prepare, run
 
 
-def tiny_model(cross_attention="last", seed=0):
+def tiny_model(cross_attention="last", seed=0, attention_sink=False):
     torch.manual_seed(seed)
     config = EncoderDecoderConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, cross_attention=cross_attention)
+                                  intermediate_size=64, cross_attention=cross_attention, attention_sink=attention_sink)
     return EncoderDecoderForMaskedPrediction(config).eval()
 
 
-@pytest.mark.parametrize("cross_attention", ["last", "corresponding"])
-def test_no_prediction_reads_a_hidden_token(cross_attention):
-    model = tiny_model(cross_attention)
+@pytest.mark.parametrize("cross_attention,attention_sink", [("last", False), ("corresponding", False), ("corresponding", True)])
+def test_no_prediction_reads_a_hidden_token(cross_attention, attention_sink):
+    model = tiny_model(cross_attention, attention_sink=attention_sink)
     ids = torch.randint(4, 40, (3, 9))
     hidden = torch.rand(3, 9) < 0.4
     hidden[:, 0] = False
@@ -77,6 +78,38 @@ def test_save_and_reload_through_the_auto_classes(tmp_path):
     ids = torch.randint(4, 40, (2, 7))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reloaded(ids).logits)
+
+
+def test_attention_sink_is_one_more_key_without_a_position(tmp_path):
+    """softmax over [q.k_sink, q.k_1, ..., q.k_L] / sqrt(d), values [v_sink, v_1, ..., v_L]."""
+    model = tiny_model("corresponding", attention_sink=True)
+    attention = model.encoder[0].attention
+    with torch.no_grad():
+        attention.sink_key.normal_()
+        attention.sink_value.normal_()
+    x = torch.randn(1, 5, 32)
+    positions = torch.arange(5)[None]
+    allowed = torch.rand(1, 1, 5, 5) < 0.6
+    allowed[..., 0] = True
+    keys_values = attention.keys_values(x, positions)
+    with torch.no_grad():
+        out = attention(x, positions, keys_values, allowed)
+        q = encoder_decoder.rotate(attention._heads(attention.q_proj(x)), positions, attention.theta)
+        k = torch.cat([attention.sink_key[None], keys_values[0]], dim=2)
+        v = torch.cat([attention.sink_value[None], keys_values[1]], dim=2)
+        scores = q @ k.transpose(-1, -2) / 8 ** 0.5
+        scores = scores.masked_fill(~torch.cat([torch.ones(1, 1, 5, 1, dtype=torch.bool), allowed], dim=-1), float("-inf"))
+        expected = attention.o_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(1, 5, 32))
+    assert torch.allclose(out, expected, atol=1e-5)
+    # the sink is learned and saved: it changes the output and survives save/reload
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(4, 40, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reloaded(ids).logits)
+        attention.sink_value.zero_()
+        attention.sink_key.fill_(10.0)
+        assert not torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-4)
 
 
 def test_corresponding_decoder_reads_the_encoder_blocks_keys_and_values():
@@ -176,21 +209,30 @@ def _losses(output_dir):
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
-@pytest.mark.parametrize("objective,architecture", [
-    ({"name": "mlm_u"}, "encoder_decoder"),
-    ({"name": "plm"}, "encoder_decoder"),
-    ({"name": "ar"}, "encoder_decoder"),
-    ({"name": "ar"}, "gpt2"),
-    ({"name": "mlm", "rate": 0.4}, "bert"),
+@pytest.mark.parametrize("objective,architecture,model", [
+    ({"name": "mlm_u"}, "encoder_decoder", {}),
+    ({"name": "mlm_u"}, "encoder_decoder", {"attention_sink": True, "add_bos_token": False}),
+    ({"name": "plm"}, "encoder_decoder", {}),
+    ({"name": "ar"}, "encoder_decoder", {}),
+    ({"name": "ar"}, "gpt2", {}),
+    ({"name": "mlm", "rate": 0.4}, "bert", {}),
 ])
-def test_trains_through_mft_and_answers(tmp_path, objective, architecture):
-    recipe = _recipe(tmp_path, objective, architecture)
+def test_trains_through_mft_and_answers(tmp_path, objective, architecture, model):
+    recipe = _recipe(tmp_path, objective, architecture, **model)
     results = run(recipe)
+    if model.get("attention_sink"):
+        trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+        assert trained.config.attention_sink and trained.encoder[0].attention.sink_value.abs().sum() > 0
     losses = _losses(recipe.training.output_dir)
     assert losses[-1] < 0.85 * losses[0], losses
     assert {"forward", "backward"} <= results.keys()  # answered by the objective's decoding
     predictions = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert predictions and all(isinstance(p["prediction"], str) for p in predictions)
+
+
+def test_attention_sink_is_refused_for_other_architectures(tmp_path):
+    with pytest.raises(RecipeError, match="model.attention_sink applies to architecture encoder_decoder"):
+        _recipe(tmp_path, {"name": "mlm_u"}, "llama", attention_sink=True)
 
 
 @pytest.mark.parametrize("objective,architecture,match", [

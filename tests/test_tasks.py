@@ -81,6 +81,16 @@ def test_bios_names_and_birth_dates_unique_and_questions_answerable():
             assert p[key] in bio
 
 
+def test_bios_attributes_choose_the_sentences_after_the_birth_date():
+    task = BioSTask(num_people=10, attributes=["major"], seed=0)
+    for p in task.people():
+        assert task.biography(p) == f"{p['name']} was born on {p['birth_date']} . {p['pronoun']} majored in {p['major']} ."
+    assert BioSTask(num_people=10, attributes=[]).biography(task.people()[0]).count(" . ") == 0
+    for bad in (["shoe_size"], ["major", "major"], "major"):
+        with pytest.raises(ValueError, match="task.attributes"):
+            BioSTask(num_people=10, attributes=bad)
+
+
 def test_bios_rejects_more_people_than_unique_dates():
     with pytest.raises(ValueError, match="num_people"):
         BioSTask(num_people=12 * 28 + 1, first_year=2000, last_year=2000)

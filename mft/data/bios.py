@@ -9,6 +9,10 @@ for the task's word-level tokenizer):
     "Orla Wynn Castell was born on 14 March 1987 . She grew up in Tarvik . She studied at
      Harrow Institute . She majored in geology . She works for Quill Systems ."
 
+`attributes` chooses which of the four sentences after the birth date a biography has (all four
+by default, always in the order above): fewer attributes make shorter rows and fewer facts to
+memorise, which is how `benchmarks/reproduce_paper.py` fits BioS into a CPU budget.
+
 Questions: forward "When was Orla Wynn Castell born ?" -> "14 March 1987"; backward "Who was born on
 14 March 1987 ?" -> "Orla Wynn Castell". Training data: every biography plus both questions for a
 fraction `qa_fraction` of the people (which teaches the question format); the questions of the
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .schema import TaskData
 
@@ -37,6 +41,7 @@ UNIVERSITIES = ("Harrow Institute", "Lindon University", "Calder College", "Mars
                 "Northgate Institute", "Selwyn College", "Ardent University", "Bellmoor College", "Thorne Academy")
 MAJORS = ("geology", "linguistics", "economics", "chemistry", "architecture", "mathematics", "history",
           "astronomy", "biology", "philosophy", "music", "medicine")
+ATTRIBUTES = {"birth_city": "grew up in", "university": "studied at", "major": "majored in", "employer": "works for"}
 EMPLOYERS = ("Quill Systems", "Northwind Labs", "Halcyon Foods", "Meridian Bank", "Copperleaf Media",
              "Bluefin Shipping", "Atlas Robotics", "Verdant Energy", "Solstice Health", "Ironbark Mining")
 
@@ -48,6 +53,7 @@ class BioSTask:
     qa_fraction: float = 0.5
     first_year: int = 1900
     last_year: int = 2009
+    attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES))
     seed: int = 0
 
     def __post_init__(self):
@@ -58,6 +64,9 @@ class BioSTask:
         if not 1 <= self.num_people <= min(most_names, most_dates):
             raise ValueError(f"task.num_people = {self.num_people}; use between 1 and {min(most_names, most_dates)} "
                              f"(unique names and birth dates)")
+        unknown = [name for name in self.attributes if name not in ATTRIBUTES]
+        if isinstance(self.attributes, str) or unknown or len(set(self.attributes)) != len(self.attributes):
+            raise ValueError(f"task.attributes = {list(self.attributes)}; use distinct names from {list(ATTRIBUTES)}")
         if not 0.0 <= self.qa_fraction < 1.0:
             raise ValueError(f"task.qa_fraction = {self.qa_fraction}; use a fraction in [0, 1) (some people "
                              f"must be held out for evaluation)")
@@ -82,12 +91,11 @@ class BioSTask:
             })
         return people
 
-    @staticmethod
-    def biography(person: dict[str, str]) -> str:
+    def biography(self, person: dict[str, str]) -> str:
         p = person
-        return (f"{p['name']} was born on {p['birth_date']} . {p['pronoun']} grew up in {p['birth_city']} . "
-                f"{p['pronoun']} studied at {p['university']} . {p['pronoun']} majored in {p['major']} . "
-                f"{p['pronoun']} works for {p['employer']} .")
+        sentences = [f"{p['name']} was born on {p['birth_date']} ."]
+        sentences += [f"{p['pronoun']} {ATTRIBUTES[name]} {p[name]} ." for name in ATTRIBUTES if name in self.attributes]
+        return " ".join(sentences)
 
     def build(self) -> TaskData:
         people = self.people()

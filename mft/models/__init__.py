@@ -24,7 +24,8 @@ def build_model(config: ModelConfig, tokenizer):
             vocab_size=len(tokenizer), hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
             num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
             max_position_embeddings=config.max_position_embeddings, rope_theta=config.rope_theta,
-            cross_attention=config.cross_attention, dropout=config.attention_dropout, **ids))
+            cross_attention=config.cross_attention, attention_sink=config.attention_sink,
+            dropout=config.attention_dropout, **ids))
     if config.architecture == "gpt2":  # GPT-2 names its sizes differently
         sizes = {"n_embd": config.hidden_size, "n_layer": config.num_hidden_layers, "n_head": config.num_attention_heads,
                  "n_inner": config.intermediate_size, "n_positions": config.max_position_embeddings,

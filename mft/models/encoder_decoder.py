@@ -14,6 +14,11 @@ the visible tokens and a decoder that asks for one position at a time.
               `cross_attention: last` (the authors' released code) projects keys and values of its
               own from the last encoder layer's output.
     output    p(x_p | visible tokens) = softmax(W h_p) at decoder position p.
+    sink      `attention_sink: true` gives every attention layer one learned key and value per
+              head, without a position, that every query may attend to: a place to put attention
+              when no visible token is useful. A BOS does that job too but, being at position 0,
+              tells every query its absolute position, which masked models use to memorise answers
+              by position (see `model.add_bos_token`).
 
 Which keys a position sees (the same masks `mft.collator` builds for decoder-only models):
 
@@ -51,7 +56,7 @@ class EncoderDecoderConfig(PretrainedConfig):
     def __init__(self, vocab_size: int = 1024, hidden_size: int = 256, num_hidden_layers: int = 4,
                  num_decoder_layers: int | None = None, num_attention_heads: int = 4, intermediate_size: int = 1024,
                  max_position_embeddings: int = 512, rope_theta: float = 10000.0, cross_attention: str = "corresponding",
-                 dropout: float = 0.0, initializer_range: float = 0.02, layer_norm_eps: float = 1e-5,
+                 attention_sink: bool = False, dropout: float = 0.0, initializer_range: float = 0.02, layer_norm_eps: float = 1e-5,
                  tie_word_embeddings: bool = False, **kwargs):
         if cross_attention not in ("last", "corresponding"):
             raise ValueError(f"cross_attention = {cross_attention!r}; use 'last' or 'corresponding'")
@@ -69,6 +74,7 @@ class EncoderDecoderConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.rope_theta = rope_theta
         self.cross_attention = cross_attention
+        self.attention_sink = attention_sink
         self.dropout = dropout
         self.initializer_range = initializer_range
         self.layer_norm_eps = layer_norm_eps
@@ -98,6 +104,10 @@ class Attention(nn.Module):
             self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
             self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        if config.attention_sink:  # zero: at first the sink scores like an orthogonal key and adds nothing
+            head_size = config.hidden_size // self.heads
+            self.sink_key = nn.Parameter(torch.zeros(self.heads, 1, head_size))
+            self.sink_value = nn.Parameter(torch.zeros(self.heads, 1, head_size))
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -110,6 +120,10 @@ class Attention(nn.Module):
         batch, q_len, width = queries.shape
         k, v = keys_values
         q = rotate(self._heads(self.q_proj(queries)), query_positions, self.theta)
+        if hasattr(self, "sink_key"):  # one more key, first, that every query may attend to
+            k = torch.cat([self.sink_key.to(k.dtype).expand(batch, -1, -1, -1), k], dim=2)
+            v = torch.cat([self.sink_value.to(v.dtype).expand(batch, -1, -1, -1), v], dim=2)
+            allowed = torch.cat([allowed.new_ones(*allowed.shape[:-1], 1), allowed], dim=-1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.o_proj(out.transpose(1, 2).reshape(batch, q_len, width))
@@ -184,6 +198,9 @@ class EncoderDecoderPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+        elif isinstance(module, Attention) and hasattr(module, "sink_key"):
+            nn.init.zeros_(module.sink_key)
+            nn.init.zeros_(module.sink_value)
         elif isinstance(module, EncoderDecoderForMaskedPrediction):
             nn.init.normal_(module.query, mean=0.0, std=std)
 
