@@ -41,9 +41,10 @@ UNIVERSITIES = ("Harrow Institute", "Lindon University", "Calder College", "Mars
                 "Northgate Institute", "Selwyn College", "Ardent University", "Bellmoor College", "Thorne Academy")
 MAJORS = ("geology", "linguistics", "economics", "chemistry", "architecture", "mathematics", "history",
           "astronomy", "biology", "philosophy", "music", "medicine")
-ATTRIBUTES = {"birth_city": "grew up in", "university": "studied at", "major": "majored in", "employer": "works for"}
 EMPLOYERS = ("Quill Systems", "Northwind Labs", "Halcyon Foods", "Meridian Bank", "Copperleaf Media",
              "Bluefin Shipping", "Atlas Robotics", "Verdant Energy", "Solstice Health", "Ironbark Mining")
+# The sentences a biography may have after its birth date, in this order: attribute -> its verb.
+ATTRIBUTES = {"birth_city": "grew up in", "university": "studied at", "major": "majored in", "employer": "works for"}
 
 
 @dataclass
@@ -64,8 +65,8 @@ class BioSTask:
         if not 1 <= self.num_people <= min(most_names, most_dates):
             raise ValueError(f"task.num_people = {self.num_people}; use between 1 and {min(most_names, most_dates)} "
                              f"(unique names and birth dates)")
-        unknown = [name for name in self.attributes if name not in ATTRIBUTES]
-        if isinstance(self.attributes, str) or unknown or len(set(self.attributes)) != len(self.attributes):
+        if (isinstance(self.attributes, str) or any(name not in ATTRIBUTES for name in self.attributes)
+                or len(set(self.attributes)) != len(self.attributes)):
             raise ValueError(f"task.attributes = {list(self.attributes)}; use distinct names from {list(ATTRIBUTES)}")
         if not 0.0 <= self.qa_fraction < 1.0:
             raise ValueError(f"task.qa_fraction = {self.qa_fraction}; use a fraction in [0, 1) (some people "

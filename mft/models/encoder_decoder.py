@@ -104,7 +104,7 @@ class Attention(nn.Module):
             self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
             self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        if config.attention_sink:  # zero: at first the sink scores like an orthogonal key and adds nothing
+        if config.attention_sink:  # zeros: the sink starts with score 0 and carries no content
             head_size = config.hidden_size // self.heads
             self.sink_key = nn.Parameter(torch.zeros(self.heads, 1, head_size))
             self.sink_value = nn.Parameter(torch.zeros(self.heads, 1, head_size))
