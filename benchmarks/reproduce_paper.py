@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from mft.config import parse_recipe
+from mft.objectives import OBJECTIVES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +69,6 @@ MODEL = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "
 # row's start (relationship MLM-U forward 0.30 with BOS, 1.00 without; see `model.add_bos_token`); a
 # causal model can count its position without BOS anyway, and keeps BOS as a place to park attention
 # (relationship entity reversal with delimiters: incorrect inference 0.10 without, 0.05 with).
-CAUSAL_OBJECTIVES = ("ar", "ar_reverse", "ar_reverse_entity")
 TRAINING = {"per_device_train_batch_size": 64, "learning_rate": 1.0e-3, "weight_decay": 0.0,
             "lr_scheduler_type": "cosine", "warmup_steps": 100, "max_grad_norm": 1.0, "logging_steps": 100,
             "eval_strategy": "no", "save_strategy": "no", "seed": 0, "use_cpu": True, "report_to": "none",
@@ -119,7 +119,7 @@ def recipe_for(task: str, label: str, steps_scale: float, output_dir: Path) -> d
     return {
         "task": {**settings["task"], "seed": 0},
         "model": {"architecture": architecture, **MODEL, "max_position_embeddings": settings["max_positions"],
-                  "add_bos_token": objective["name"] in CAUSAL_OBJECTIVES,
+                  "add_bos_token": not OBJECTIVES[objective["name"]].bidirectional,
                   **(ENCDEC_MODEL if architecture == ENCDEC else {})},
         "objective": objective,
         "training": {**TRAINING, "output_dir": str(output_dir), "max_steps": max(1, round(steps * steps_scale)),
