@@ -91,6 +91,22 @@ def test_bios_attributes_choose_the_sentences_after_the_birth_date():
             BioSTask(num_people=10, attributes=bad)
 
 
+def test_bios_several_biographies_per_person_differ_in_wording_and_keep_the_name_first():
+    task = BioSTask(num_people=20, attributes=["major"], biographies_per_person=3, seed=0)
+    data = task.build()
+    texts = [row["text"] for row in data.train if "text" in row]
+    assert len(texts) == 60
+    for p in task.people():
+        own = [t for t in texts if t.startswith(p["name"] + " ")]
+        assert len(own) == 3 and len(set(own)) == 3
+        for text in own:  # the name before the date, the attribute sentences unchanged
+            assert text.index(p["birth_date"]) > len(p["name"])
+            assert text.endswith(f"{p['pronoun']} majored in {p['major']} .")
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="task.biographies_per_person"):
+            BioSTask(num_people=10, biographies_per_person=bad)
+
+
 def test_bios_rejects_more_people_than_unique_dates():
     with pytest.raises(ValueError, match="num_people"):
         BioSTask(num_people=12 * 28 + 1, first_year=2000, last_year=2000)
