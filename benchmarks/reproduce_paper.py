@@ -2,6 +2,7 @@
 
     python benchmarks/reproduce_paper.py [--tasks retrieval relationship bios star_graph]
                                          [--only LABEL ...] [--steps-scale 1.0] [--jobs 2]
+                                         [--write-recipes DIR]
 
 For each task, the paper's objectives are trained from scratch through `mft.train` (each run in its
 own process, `--jobs` at a time with the cores shared out) and asked the held-out questions: AR, AR
@@ -12,6 +13,13 @@ each task runs the rows of the paper's table for it (TASKS). Prints one markdown
 figures, wall time) and writes `benchmarks/results/reproduce_paper.json` and a bar chart per task
 next to it. Sizes and steps are chosen so that a task's runs fit in about 20 minutes on 2 cores;
 `--steps-scale` stretches or shrinks every run. Each run's log: RUNS_DIR/TASK/OBJECTIVE/train.log.
+
+`--write-recipes DIR` trains nothing and writes each selected run's recipe as DIR/TASK/OBJECTIVE.yaml,
+to probe one run with changes and evaluations along the way (how BENCHMARKS.md's probes were run):
+
+    python benchmarks/reproduce_paper.py --tasks bios --only MLM-U --write-recipes runs/probes
+    python -m mft.train runs/probes/bios/MLM_U.yaml task.biographies_per_person=1 \
+        training.eval_strategy=steps training.eval_steps=2000 training.output_dir=runs/probes/bios_w1
 """
 
 from __future__ import annotations
@@ -90,13 +98,15 @@ TASKS = {
                      "max_positions": 48, "max_new_tokens": 4,
                      "objectives": {"AR w/reverse (entity)": 2000, "AR w/reverse (entity)*": 2000, "MLM 40%": 3000, "MLM 85%": 3000, "MLM-U": 3000, "MLM-U (enc-dec)": 3000,
                                     "PLM (enc-dec)": 3000}},
-    # Biographies of one sentence (name and birth date, no other attributes), so that MLM-U gets ~340
-    # epochs in 20 minutes. Not enough: after 12000 steps it had memorised the trained questions (1.00)
-    # but not the biographies (0.00 on "NAME was born on ?" for held-out people), and answered no
-    # held-out question (BENCHMARKS.md); 100 people take ~250 epochs. MLM-U's BioS target is open.
-    "bios": {"task": {"name": "bios", "num_people": 1000, "qa_fraction": 0.5, "attributes": []}, "max_positions": 24,
-             "max_new_tokens": 4,
-             "objectives": {"AR": 2000, "AR w/reverse (token)": 2000, "MLM 40%": 2000, "MLM-U": 11000}},
+    # Biographies of one sentence (name and birth date, no other attributes), each person's written
+    # in four wordings (Zhu & Li's augmentation), name words from Zhu & Li's pool sizes (400 / 400 / 1000),
+    # birth years over 1000 years so that a year nearly names its person. With 30-word name pools,
+    # one wording and 110 years, MLM-U answered no held-out question after 12000 steps; with these,
+    # 0.41 / 0.30 after 11000 (0.88 / 0.38 in any order), still rising when the cosine ran out (BENCHMARKS.md).
+    "bios": {"task": {"name": "bios", "num_people": 1000, "qa_fraction": 0.5, "attributes": [],
+                      "biographies_per_person": 4, "first_year": 1000, "last_year": 1999},
+             "max_positions": 24, "max_new_tokens": 4,
+             "objectives": {"AR": 2000, "AR w/reverse (token)": 2000, "MLM 40%": 2000, "MLM-U": 12000}},
     # Path length 4, not the paper's 5: at 5 MLM-U had learnt nothing after 3000 steps. 200,000 training
     # graphs (Bachmann & Nagarajan's count): with 20,000 MLM-U memorised them (0.73 at 6000 steps, then
     # 0.64 at 8000); with 200,000 it reached 0.88 at 6000 (any order). Six narrower layers instead of
@@ -160,7 +170,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once, sharing the CPU cores")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "reproduce_paper"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reproduce_paper.json"))
+    parser.add_argument("--write-recipes", metavar="DIR", help="write the runs' recipes to DIR, train nothing")
     args = parser.parse_args()
+    if args.write_recipes:
+        write_recipes(args)
+        return
 
     out = Path(args.out)
     everything = json.loads(out.read_text()) if out.is_file() else {}
@@ -188,6 +202,20 @@ def main() -> None:
     print(f"written: {out}")
 
 
+def write_recipes(args) -> None:
+    for task in args.tasks:
+        for label in args.only or TASKS[task]["objectives"]:
+            folder = run_folder(label)
+            path = Path(args.write_recipes) / task / f"{folder}.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(recipe_for(task, label, args.steps_scale, Path(args.runs_dir) / task / folder)))
+            print(f"written: {path}")
+
+
+def run_folder(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", label.replace("*", " no delimiters")).strip("_")
+
+
 def expected_cost(task: str, label: str) -> float:
     """Training rows a run goes through, relative: steps, times two for the reversal objectives
     (each example gives its row and a reversed copy), times 1.3 for the encoder-decoder."""
@@ -197,8 +225,7 @@ def expected_cost(task: str, label: str) -> float:
 
 
 def run_one(task: str, label: str, args, threads: int | None) -> dict:
-    folder = re.sub(r"[^A-Za-z0-9]+", "_", label.replace("*", " no delimiters")).strip("_")
-    recipe = recipe_for(task, label, args.steps_scale, Path(args.runs_dir) / task / folder)
+    recipe = recipe_for(task, label, args.steps_scale, Path(args.runs_dir) / task / run_folder(label))
     results, wall = run(recipe, threads)
     row = {"objective": label, "architecture": recipe["model"]["architecture"],
            "steps": recipe["training"]["max_steps"], "wall_seconds": round(wall, 1),

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mft.config import parse_recipe
 from mft.train import prepare
@@ -35,3 +36,14 @@ def test_every_paper_figure_names_a_run():
     labels = {label for label, _, _ in reproduce.ALL}
     for task, figures in reproduce.PAPER.items():
         assert set(figures) <= labels, task
+
+
+def test_write_recipes_writes_each_run_and_trains_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["reproduce_paper.py", "--tasks", "bios", "--only", "MLM-U", "AR",
+                                     "--write-recipes", str(tmp_path / "recipes"), "--runs-dir", str(tmp_path / "runs")])
+    reproduce.main()
+    written = sorted(p.relative_to(tmp_path / "recipes").as_posix() for p in (tmp_path / "recipes").rglob("*.yaml"))
+    assert written == ["bios/AR.yaml", "bios/MLM_U.yaml"]
+    recipe = parse_recipe(yaml.safe_load((tmp_path / "recipes" / "bios" / "MLM_U.yaml").read_text()))
+    assert recipe.objective_name == "mlm_u" and recipe.training.max_steps == reproduce.TASKS["bios"]["objectives"]["MLM-U"]
+    assert not (tmp_path / "runs").exists()
