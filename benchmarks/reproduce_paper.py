@@ -102,11 +102,12 @@ TASKS = {
     # in four wordings (Zhu & Li's augmentation), name words from Zhu & Li's pool sizes (400 / 400 / 1000),
     # birth years over 1000 years so that a year nearly names its person. With 30-word name pools,
     # one wording and 110 years, MLM-U answered no held-out question after 12000 steps; with these,
-    # 0.41 / 0.30 after 11000 (0.88 / 0.38 in any order), still rising when the cosine ran out (BENCHMARKS.md).
+    # 0.23 / 0.32 (0.88 / 0.38 in any order), still rising when the cosine ran out (BENCHMARKS.md).
+    # 12000 MLM-U steps took the task to 22 minutes; 10500 should fit 20 (0.11 s a step, not re-measured).
     "bios": {"task": {"name": "bios", "num_people": 1000, "qa_fraction": 0.5, "attributes": [],
                       "biographies_per_person": 4, "first_year": 1000, "last_year": 1999},
              "max_positions": 24, "max_new_tokens": 4,
-             "objectives": {"AR": 2000, "AR w/reverse (token)": 2000, "MLM 40%": 2000, "MLM-U": 12000}},
+             "objectives": {"AR": 2000, "AR w/reverse (token)": 2000, "MLM 40%": 2000, "MLM-U": 10500}},
     # Path length 4, not the paper's 5: at 5 MLM-U had learnt nothing after 3000 steps. 200,000 training
     # graphs (Bachmann & Nagarajan's count): with 20,000 MLM-U memorised them (0.73 at 6000 steps, then
     # 0.64 at 8000); with 200,000 it reached 0.88 at 6000 (any order). Six narrower layers instead of
