@@ -81,6 +81,18 @@ def test_bios_names_and_birth_dates_unique_and_questions_answerable():
             assert p[key] in bio
 
 
+def test_bios_name_pools_are_disjoint_single_words_of_zhu_and_lis_sizes():
+    from mft.data.bios import FIRST, LAST, MIDDLE
+
+    assert (len(FIRST), len(MIDDLE), len(LAST)) == (400, 400, 1000)
+    assert len(set(FIRST) | set(MIDDLE) | set(LAST)) == 1800  # no word in two pools
+    assert all(word.isalpha() and word[0].isupper() for word in FIRST + MIDDLE + LAST)
+    # a person's three name words come from the three pools, in order
+    for p in BioSTask(num_people=50, seed=3).people():
+        first, middle, last = p["name"].split()
+        assert first in FIRST and middle in MIDDLE and last in LAST
+
+
 def test_bios_attributes_choose_the_sentences_after_the_birth_date():
     task = BioSTask(num_people=10, attributes=["major"], seed=0)
     for p in task.people():

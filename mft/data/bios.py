@@ -3,8 +3,8 @@
 N fictional people, each with a unique full name (first middle last) and attributes drawn
 uniformly and independently: birth date, birth city, university, major, employer. Birth dates are
 drawn without replacement, so the backward question has one right answer. Biographies keep one
-sentence order, written as space-separated words (one word = one token
-for the task's word-level tokenizer):
+sentence order, written as space-separated words (one word = one token for the task's word-level
+tokenizer):
 
     "Funolo Yatara Krugedor was born on 28 July 1945 . He grew up in Brackwater . He studied at
      Selwyn College . He majored in philosophy . He works for Halcyon Foods ."
