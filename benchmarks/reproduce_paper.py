@@ -100,12 +100,10 @@ TASKS = {
                                     "PLM (enc-dec)": 3000}},
     # Biographies of one sentence (name and birth date, no other attributes), each person's written
     # in four wordings (Zhu & Li's augmentation), name words from Zhu & Li's pool sizes (400 / 400 / 1000),
-    # birth years over 1000 years so that a year nearly names its person. With 30-word name pools,
-    # one wording and 110 years, MLM-U answered no held-out question after 12000 steps; with these,
-    # 0.23 / 0.32 (0.88 / 0.38 in any order), still rising when the cosine ran out (BENCHMARKS.md).
-    # 12000 MLM-U steps took the task to 22 minutes; 10500 should fit 20 (0.11 s a step). Questions of
-    # 80% of the people trained, not 50%: MLM-U then answered 0.77 / 0.63 of the held-out people after
-    # 10000 steps of the same probe (0.40 / 0.31 with 50%).
+    # birth years over 1000 years so that a year nearly names its person, and the questions of 80% of
+    # the people trained. With 30-word name pools, one wording, 110 years and half the questions,
+    # MLM-U answered no held-out question after 12000 steps; with these, 0.56 / 0.52 after 10500
+    # (0.95 / 0.66 in any order), the whole task in 19.0 minutes (BENCHMARKS.md).
     "bios": {"task": {"name": "bios", "num_people": 1000, "qa_fraction": 0.8, "attributes": [],
                       "biographies_per_person": 4, "first_year": 1000, "last_year": 1999},
              "max_positions": 24, "max_new_tokens": 4,
