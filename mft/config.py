@@ -70,6 +70,17 @@ class MFTConfig(TrainingArguments):
         metadata={"help": "Predicted positions per LM-head chunk; above one chunk each chunk's logits are "
                           "recomputed in the backward pass instead of being kept."},
     )
+    prompt_gradient: bool = field(
+        default=True,
+        metadata={"help": "Backpropagate through each row's prompt (the positions before its first predicted "
+                          "token). false: the prompt columns run once without gradient and the rest attends to "
+                          "their cached keys and values: the same loss, a gradient that reaches the weights only "
+                          "through the predicted part (an approximation), and a cheaper step for long prompts "
+                          "(masked_reconstruct: ~1.4x ar instead of ~2.2x). It costs the reversal: on "
+                          "recipes/smollm2_facts_masked.yaml backward exact match fell from 0.67 to 0.07 "
+                          "(BENCHMARKS.md); not for learning facts. Causal objectives only, without packing or "
+                          "gradient checkpointing."},
+    )
     pack_length: int = field(
         default=0,
         metadata={"help": "Pack each batch's rows into rows of exactly this many tokens (each example attending "
@@ -91,6 +102,12 @@ class MFTConfig(TrainingArguments):
             raise ValueError(f"logits_chunk_size = {self.logits_chunk_size}; use a positive number of positions")
         if self.pack_length < 0:
             raise ValueError(f"pack_length = {self.pack_length}; use 0 (no packing) or a row length in tokens")
+        if not self.prompt_gradient and self.gradient_checkpointing:
+            raise ValueError("prompt_gradient = false reuses the prompt's cached keys and values, which gradient "
+                             "checkpointing drops; set gradient_checkpointing: false or prompt_gradient: true")
+        if not self.prompt_gradient and self.pack_length:
+            raise ValueError("prompt_gradient = false needs one example per row; set pack_length: 0 or "
+                             "prompt_gradient: true")
         if self.attention_anneal_steps < 0:
             raise ValueError(f"attention_anneal_steps = {self.attention_anneal_steps}; use 0 (off) or more steps")
         if self.deepspeed and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):

@@ -113,6 +113,9 @@ def check_architecture(recipe: Recipe, objective) -> None:
         raise RecipeError("model.architecture = encoder_decoder: a mixture cannot combine next-token objectives (the "
                           "decoder asks for the next token) with masked ones (it asks for its own position); train one kind")
     for component in components:
+        if not recipe.training.prompt_gradient and (component.bidirectional or architecture in ("bert", "encoder_decoder")):
+            raise RecipeError(f"training.prompt_gradient = false caches the prompt of causal rows; objective "
+                              f"{component.name!r} on model.architecture = {architecture} has none: set it to true")
         if component.two_stream and recipe.training.pack_length:
             raise RecipeError(f"training.pack_length: objective {component.name!r} brings its own attention masks, "
                               f"which cannot be packed; set pack_length: 0")

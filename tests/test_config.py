@@ -552,3 +552,16 @@ def test_add_bos_token_false_is_refused_for_a_pretrained_model(tmp_path, capsys,
     raw["model"] = {"name_or_path": "smollm2-135m", "add_bos_token": False}
     line = error_line(capsys, [write_recipe(tmp_path, raw)])
     assert "model.add_bos_token" in line
+
+
+def test_prompt_gradient_false_trains_a_causal_objective_and_is_refused_elsewhere(tmp_path, capsys, one_thread):
+    raw = tiny_raw(tmp_path)
+    raw["objective"] = {"name": "masked_reconstruct"}
+    raw["model"]["max_position_embeddings"] = 64  # rows hold the masked copy and the document
+    raw["training"].update(prompt_gradient=False, eval_strategy="no")
+    assert mft.train.main([write_recipe(tmp_path, raw)]) == 0, capsys.readouterr().err
+    assert "mft: done" in capsys.readouterr().out
+    line = error_line(capsys, [write_recipe(tmp_path, raw), "objective.name=mlm_u"])
+    assert "prompt_gradient" in line and "mlm_u" in line
+    line = error_line(capsys, [write_recipe(tmp_path, raw), "training.gradient_checkpointing=true"])
+    assert "prompt_gradient" in line and "gradient_checkpointing" in line
