@@ -6,15 +6,19 @@
 For one model, batch size and document length it times a full training step (forward, backward,
 AdamW update) of
 
-    ar, mlm_u, masked_reconstruct   each with the straightforward path (full-vocabulary logits at
-                                    every position, `training.full_logits: true`) and mft's path (the
-                                    LM head only at predicted positions);
+    ar, mlm_u, masked_reconstruct   each with the straightforward path (`:full`, full-vocabulary
+                                    logits at every position, `training.full_logits: true`) and mft's
+                                    path (`:selected`, the LM head only at predicted positions);
+    masked_reconstruct:cached_prompt  mft's path with `training.prompt_gradient: false` (the prompt,
+                                    i.e. the masked copy, runs without gradient; same loss, an
+                                    approximate gradient);
     trainer_ar                      a plain `transformers.Trainer` step: the model's own causal-LM loss
                                     on the same documents, the reference for "no toolkit overhead".
 
-All variants share one model and optimizer and run interleaved (A B C ... A B C ...) after
-`--warmup` rounds, so slow drifts of a noisy machine hit every variant alike; medians and ratios
-to mft's `ar` are reported. The documents are the same for every variant (`masked_reconstruct`
+All variants share one model and optimizer and run interleaved after `--warmup` rounds, each round
+starting one variant later (A B C, B C A, C A B, ...), so slow drifts of a noisy machine hit every
+variant alike and none always runs right after the same (large) one; medians and ratios to mft's
+`ar` are reported. The documents are the same for every variant (`masked_reconstruct`
 sees each twice: masked copy + target). "collate" is the time the collator takes to build the
 batch (masking included) as a fraction of the step: an upper bound of the time a step waits for
 data with `dataloader_num_workers: 0` (workers hide it entirely).
@@ -47,7 +51,8 @@ from mft.data import FactsTask, TokenizedDataset  # noqa: E402
 from mft.objectives import IGNORE, build_objective  # noqa: E402
 
 VARIANTS = ["trainer_ar", "ar:full", "ar:selected", "mlm_u:full", "mlm_u:selected",
-            "masked_reconstruct:full", "masked_reconstruct:selected"]
+            "masked_reconstruct:full", "masked_reconstruct:selected", "masked_reconstruct:cached_prompt"]
+PATHS = {"full": dict(full_logits=True), "selected": {}, "cached_prompt": dict(prompt_gradient=False)}
 
 
 def load(model_name: str, lora_r: int, device: str, dtype: torch.dtype, attn: str):
@@ -103,11 +108,9 @@ class Bench:
         self.examples = [self.dataset[i] for i in range(len(self.dataset))]
         common = dict(output_dir=str(ROOT / "runs" / "throughput"), report_to="none", use_cpu=self.device == "cpu",
                       per_device_train_batch_size=args.batch, bf16=args.bf16, disable_tqdm=True, save_strategy="no")
-        self.trainers = {}
-        for full in (True, False):
-            trainer = MFTTrainer(model=self.model, args=MFTConfig(**common, full_logits=full),
-                                 train_dataset=self.dataset, data_collator=None, processing_class=self.tokenizer)
-            self.trainers[full] = trainer
+        self.trainers = {path: MFTTrainer(model=self.model, args=MFTConfig(**common, **options), train_dataset=self.dataset,
+                                          data_collator=None, processing_class=self.tokenizer)
+                         for path, options in PATHS.items()}
         from transformers import Trainer, TrainingArguments
         self.plain = Trainer(model=self.model, args=TrainingArguments(**common), processing_class=self.tokenizer)
         for trainer in [self.plain, *self.trainers.values()]:
@@ -129,7 +132,7 @@ class Bench:
         started = time.perf_counter()
         batch = self.batch(variant)
         collated = time.perf_counter()
-        trainer = self.plain if variant == "trainer_ar" else self.trainers[variant.endswith(":full")]
+        trainer = self.plain if variant == "trainer_ar" else self.trainers[variant.split(":")[1]]
         batch = {k: v.to(self.device) for k, v in batch.items()}
         items = None if variant == "trainer_ar" else batch["loss_weights"].sum()
         trainer.training_step(self.model, batch, items)
@@ -185,7 +188,8 @@ def main() -> None:
     times: dict[str, list[tuple[float, float, int]]] = {v: [] for v in args.variants}
     memory: dict[str, float] = {}
     for round_index in range(args.warmup + args.steps):
-        for variant in args.variants:
+        shift = round_index % len(args.variants)  # each round starts one variant later: no variant always
+        for variant in args.variants[shift:] + args.variants[:shift]:  # follows the same one
             if bench.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             measured = bench.step(variant)
@@ -207,15 +211,17 @@ def main() -> None:
         collate = statistics.median(c for c, _, _ in times[variant])
         step = statistics.median(t for _, t, _ in times[variant])
         tokens = times[variant][0][2]
-        rows.append({"variant": variant, "step_s": round(step, 3), "tokens_per_s": round(tokens / step, 1),
+        rows.append({"variant": variant, "step_s": round(step, 3), "steps_s": [round(t, 3) for _, t, _ in times[variant]],
+                     "tokens_per_s": round(tokens / step, 1),
                      "vs_mft_ar": round(step / reference, 3) if reference else None,
                      "collate_fraction": round(collate / (collate + step), 4), "peak_mib": round(memory[variant], 1) if variant in memory else None})
     device = torch.cuda.get_device_name() if bench.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{args.model}, LoRA r={args.lora_r}, batch {args.batch} x {args.seq} tokens, {args.attn}, "
           f"{'bf16' if args.bf16 else 'fp32'}, {device}; median of {args.steps} interleaved steps\n")
-    print("| variant | step s | tokens/s | x mft ar | collate share | peak MiB |\n|---|---|---|---|---|---|")
+    print("| variant | step s | min-max s | tokens/s | x mft ar | collate share | peak MiB |\n|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['variant']} | {row['step_s']:.2f} | {row['tokens_per_s']:.0f} | {row['vs_mft_ar']} | "
+        print(f"| {row['variant']} | {row['step_s']:.2f} | {min(row['steps_s']):.2f}-{max(row['steps_s']):.2f} | "
+              f"{row['tokens_per_s']:.0f} | {row['vs_mft_ar']} | "
               f"{row['collate_fraction']:.1%} | {row['peak_mib'] if row['peak_mib'] is not None else '-'} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"model": args.model, "lora_r": args.lora_r, "batch": args.batch,
