@@ -105,6 +105,7 @@ class MFTLossMixin:
         self._attn_implementation = attention_implementation(self.model)
         self._component_losses: dict[str, list[float]] = {}  # mixture component -> [loss sum, weight sum]
         self._staging = False  # True while a checkpoint is being written (see _save_checkpoint)
+        self._cache_argument = None if getattr(self.args, "prompt_gradient", True) else cache_argument(self.model)
 
     # -- atomic checkpoints ------------------------------------------------------------------------
 
@@ -171,7 +172,7 @@ class MFTLossMixin:
             inputs["query_attention_mask"] = to_model_mask(inputs["query_attention_mask"], self._attn_implementation,
                                                            self.model.dtype)
         if model.training and not return_outputs and not getattr(self.args, "prompt_gradient", True):
-            inputs, labels, weights = prompt_without_gradient(model, inputs, labels, weights)
+            inputs, labels, weights = prompt_without_gradient(model, inputs, labels, weights, self._cache_argument)
         selected_only = model.training and not return_outputs and not getattr(self.args, "full_logits", False)
         head = self._output_head(model) if selected_only else None
         no_copies = masked_gqa_without_copies(self.accelerator.unwrap_model(model), inputs["attention_mask"])
@@ -262,8 +263,8 @@ def prompt_lengths(labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.
     return torch.where(predicted.any(dim=1), predicted.float().argmax(dim=1), attention_mask.sum(dim=1))
 
 
-def prompt_without_gradient(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor, weights: torch.Tensor
-                            ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def prompt_without_gradient(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor, weights: torch.Tensor,
+                            cache_keyword: str = "cache") -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """`training.prompt_gradient: false`: (inputs, labels, weights) for the part of each row after
     its prompt, whose forward attends to the prompt's keys and values computed without gradient.
 
@@ -276,8 +277,8 @@ def prompt_without_gradient(model, inputs: dict[str, torch.Tensor], labels: torc
     through the predicted part. The backward pass, and the activations kept for it, cover R columns
     instead of the row's n_b.
 
-    Needs a causal LM that takes a cache (`cache`, formerly `past_key_values`) and a 2D padding mask:
-    causal rows, one example per row. (Written by hand: no library splits a training step this way.)"""
+    Needs a causal LM that takes a cache (forward argument `cache_keyword`, see `cache_argument`) and
+    a 2D padding mask: causal rows, one example per row. (Written by hand: no library splits a training step this way.)"""
     mask = inputs["attention_mask"]
     if mask.dim() != 2 or "position_ids" in inputs:
         raise ValueError("training.prompt_gradient = false needs causal rows, one example per row (a 2D attention "
@@ -304,23 +305,16 @@ def prompt_without_gradient(model, inputs: dict[str, torch.Tensor], labels: torc
     rest = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
     rest.update(input_ids=ids.gather(1, taken), attention_mask=torch.cat([prompt_mask, valid.to(mask.dtype)], dim=1),
                 position_ids=positions, use_cache=False)
-    rest[_cache_argument(model)] = cache
+    rest[cache_keyword] = cache
     rest_labels = torch.where(valid, labels.gather(1, taken), IGNORE)
     rest_weights = torch.where(valid, weights.gather(1, taken), 0.0)
     return rest, rest_labels, rest_weights
 
 
-def _cache_argument(model) -> str:
+def cache_argument(model) -> str:
     """The forward argument that takes a key/value cache: `cache` (transformers >= 5.2x), else
-    `past_key_values`."""
-    inner = model
-    while True:  # DDP / PEFT wrappers pass their keyword arguments through; ask the model itself
-        if hasattr(inner, "get_base_model"):
-            inner = inner.get_base_model()
-        elif hasattr(inner, "module") and isinstance(inner.module, torch.nn.Module):
-            inner = inner.module
-        else:
-            break
+    `past_key_values`. Asked of the model under a PEFT wrapper, which passes keywords through."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
