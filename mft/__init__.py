@@ -1,18 +1,41 @@
-"""mft: fine-tuning with masked, factorization-agnostic objectives (and the baselines they beat)."""
+"""mft: fine-tuning with masked, factorization-agnostic objectives (and the baselines they beat).
 
+The names below are imported on first use (PEP 562), so that `import mft` or `import mft.objectives`
+stays light: the objectives are pure torch, and only the trainer needs `transformers.Trainer`.
+The layers, and what each module owns: docs/ARCHITECTURE.md.
+"""
+
+import importlib
 import logging
 
 # bitsandbytes warns at import, on every run, that it could not fetch an optional CPU kernel from
 # the Hub (the `kernels` package); its built-in fallback is used and QLoRA works, so say nothing.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-from .collator import MFTCollator, SFTRowsCollator
-from .config import MFTConfig, ModelConfig, RecipeError, load_recipe
-from .objectives import AR, MLM, MLMU, OBJECTIVES, PLM, ARReverse, ARReverseEntity, ARReverseSegment, build_objective
-from .trainer import MFTLossMixin, MFTTrainer, QASet, weighted_token_loss
-
 __version__ = "0.1.0"
 
-__all__ = ["AR", "ARReverse", "ARReverseEntity", "ARReverseSegment", "MLM", "MLMU", "OBJECTIVES", "PLM", "MFTCollator", "MFTConfig", "MFTLossMixin", "MFTTrainer",
-           "ModelConfig", "QASet", "RecipeError", "SFTRowsCollator", "build_objective", "load_recipe",
-           "weighted_token_loss"]
+# public name -> the module that defines it
+_EXPORTS = {
+    "MFTError": "errors", "RecipeError": "errors", "HubError": "errors",
+    "AR": "objectives", "ARReverse": "objectives", "ARReverseEntity": "objectives", "ARReverseSegment": "objectives",
+    "MLM": "objectives", "MLMU": "objectives", "PLM": "objectives", "MaskedReconstruct": "objectives",
+    "MaskedSFT": "objectives", "Mixture": "objectives", "OBJECTIVES": "objectives", "build_objective": "objectives",
+    "MFTCollator": "collator", "SFTRowsCollator": "collator",
+    "MFTConfig": "config", "ModelConfig": "config", "load_recipe": "config",
+    "MFTLoss": "loss", "weighted_token_loss": "loss",
+    "MFTLossMixin": "trainer", "MFTMixin": "trainer", "MFTTrainer": "trainer", "QASet": "eval",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # the next access is an ordinary attribute
+        return value
+    raise AttributeError(f"module 'mft' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

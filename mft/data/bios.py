@@ -31,6 +31,7 @@ import random
 from dataclasses import dataclass, field
 
 from .schema import TaskData
+from ..errors import RecipeError
 
 
 def _name_pools(sizes: tuple[int, ...], seed: int = 0) -> list[list[str]]:
@@ -88,19 +89,19 @@ class BioSTask:
         most_names = len(FIRST) * len(MIDDLE) * len(LAST)
         most_dates = 12 * 28 * (self.last_year - self.first_year + 1)
         if self.last_year < self.first_year:
-            raise ValueError(f"task.last_year = {self.last_year} < task.first_year = {self.first_year}")
+            raise RecipeError(f"task.last_year = {self.last_year} < task.first_year = {self.first_year}")
         if not 1 <= self.num_people <= min(most_names, most_dates):
-            raise ValueError(f"task.num_people = {self.num_people}; use between 1 and {min(most_names, most_dates)} "
-                             f"(unique names and birth dates)")
+            raise RecipeError(f"task.num_people = {self.num_people}; use between 1 and {min(most_names, most_dates)} "
+                              f"(unique names and birth dates)")
         if (isinstance(self.attributes, str) or any(name not in ATTRIBUTES for name in self.attributes)
                 or len(set(self.attributes)) != len(self.attributes)):
-            raise ValueError(f"task.attributes = {list(self.attributes)}; use distinct names from {list(ATTRIBUTES)}")
+            raise RecipeError(f"task.attributes = {list(self.attributes)}; use distinct names from {list(ATTRIBUTES)}")
         if not 1 <= self.biographies_per_person <= len(BIRTH_SENTENCES):
-            raise ValueError(f"task.biographies_per_person = {self.biographies_per_person}; use between 1 and "
-                             f"{len(BIRTH_SENTENCES)} (one per wording of the birth sentence)")
+            raise RecipeError(f"task.biographies_per_person = {self.biographies_per_person}; use between 1 and "
+                              f"{len(BIRTH_SENTENCES)} (one per wording of the birth sentence)")
         if not 0.0 <= self.qa_fraction < 1.0:
-            raise ValueError(f"task.qa_fraction = {self.qa_fraction}; use a fraction in [0, 1) (some people "
-                             f"must be held out for evaluation)")
+            raise RecipeError(f"task.qa_fraction = {self.qa_fraction}; use a fraction in [0, 1) (some people "
+                              f"must be held out for evaluation)")
 
     def people(self) -> list[dict[str, str]]:
         rng = random.Random(self.seed)

@@ -22,6 +22,7 @@ import random
 from dataclasses import dataclass
 
 from .schema import TaskData
+from ..errors import RecipeError
 
 FIRST = ("Orvella Daxton Mirela Quillon Savrin Tamsel Ulrika Brevan Calixte Dorrin Elvanna Faustin Galdric "
          "Henrike Ismay Jorvik Kestrel Liora Maddox Nerissa Oswin Perpetua Quenby Rosalind Sorrel Thaddeus "
@@ -59,10 +60,10 @@ class FactsTask:
     def __post_init__(self):
         most = min(len(FIRST), sum(len(things) for things in THINGS.values()))
         if not 1 <= self.num_people <= most:
-            raise ValueError(f"task.num_people = {self.num_people}; use between 1 and {most}")
+            raise RecipeError(f"task.num_people = {self.num_people}; use between 1 and {most}")
         if not 0.0 <= self.qa_fraction < 1.0:
-            raise ValueError(f"task.qa_fraction = {self.qa_fraction}; use a fraction in [0, 1) (some people "
-                             f"must be held out for evaluation)")
+            raise RecipeError(f"task.qa_fraction = {self.qa_fraction}; use a fraction in [0, 1) (some people "
+                              f"must be held out for evaluation)")
 
     def people(self) -> list[tuple[str, str]]:
         """(name, description) pairs: distinct first names, distinct descriptions."""

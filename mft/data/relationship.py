@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from .retrieval import unique_token_entities
 from .schema import TaskData
+from ..errors import RecipeError
 
 FORWARD_ARROW = "=>"
 BACKWARD_ARROW = "<="
@@ -36,11 +37,11 @@ class RelationshipTask:
 
     def __post_init__(self):
         if self.num_chains < 1:
-            raise ValueError(f"task.num_chains = {self.num_chains}: the dataset would be empty; use at least 1")
+            raise RecipeError(f"task.num_chains = {self.num_chains}: the dataset would be empty; use at least 1")
         if self.tokens_per_entity < 1:
-            raise ValueError(f"task.tokens_per_entity = {self.tokens_per_entity}; use at least 1")
+            raise RecipeError(f"task.tokens_per_entity = {self.tokens_per_entity}; use at least 1")
         if not 0.0 <= self.query_fraction <= 1.0:
-            raise ValueError(f"task.query_fraction = {self.query_fraction} is outside [0, 1]")
+            raise RecipeError(f"task.query_fraction = {self.query_fraction} is outside [0, 1]")
 
     def build(self) -> TaskData:
         rng = random.Random(self.seed)

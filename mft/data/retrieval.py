@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass
 
 from .schema import TaskData
+from ..errors import RecipeError
 
 FORWARD_PREFIX = "[value_of]"
 BACKWARD_PREFIX = "[key_of]"
@@ -45,11 +46,11 @@ class RetrievalTask:
 
     def __post_init__(self):
         if self.num_pairs < 1:
-            raise ValueError(f"task.num_pairs = {self.num_pairs}: the dataset would be empty; use at least 1 pair")
+            raise RecipeError(f"task.num_pairs = {self.num_pairs}: the dataset would be empty; use at least 1 pair")
         if self.tokens_per_entity < 1:
-            raise ValueError(f"task.tokens_per_entity = {self.tokens_per_entity}; use at least 1")
+            raise RecipeError(f"task.tokens_per_entity = {self.tokens_per_entity}; use at least 1")
         if not 0.0 <= self.query_fraction <= 1.0:
-            raise ValueError(f"task.query_fraction = {self.query_fraction} is outside [0, 1]")
+            raise RecipeError(f"task.query_fraction = {self.query_fraction} is outside [0, 1]")
 
     def build(self) -> TaskData:
         rng = random.Random(self.seed)

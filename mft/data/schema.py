@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import RecipeError
+from ..errors import RecipeError
 
 DIRECTIONS = ("forward", "backward")
 

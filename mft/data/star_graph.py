@@ -21,6 +21,7 @@ import random
 from dataclasses import dataclass
 
 from .schema import TaskData
+from ..errors import RecipeError
 
 
 @dataclass
@@ -35,16 +36,16 @@ class StarGraphTask:
 
     def __post_init__(self):
         if self.degree < 2:
-            raise ValueError(f"task.degree = {self.degree}; use at least 2 (one arm leaves nothing to choose)")
+            raise RecipeError(f"task.degree = {self.degree}; use at least 2 (one arm leaves nothing to choose)")
         if self.path_length < 2:
-            raise ValueError(f"task.path_length = {self.path_length}; use at least 2 nodes (start and goal)")
+            raise RecipeError(f"task.path_length = {self.path_length}; use at least 2 nodes (start and goal)")
         needed = 1 + self.degree * (self.path_length - 1)
         if self.num_nodes < needed:
-            raise ValueError(f"task.num_nodes = {self.num_nodes} is too few for degree {self.degree} and path length "
-                             f"{self.path_length}; use at least {needed}")
+            raise RecipeError(f"task.num_nodes = {self.num_nodes} is too few for degree {self.degree} and path length "
+                              f"{self.path_length}; use at least {needed}")
         if self.num_train < 0 or self.num_test < 1:
-            raise ValueError(f"task.num_train = {self.num_train}, task.num_test = {self.num_test}; use num_train >= 0 "
-                             f"and num_test >= 1")
+            raise RecipeError(f"task.num_train = {self.num_train}, task.num_test = {self.num_test}; use num_train >= 0 "
+                              f"and num_test >= 1")
 
     def graph(self, rng: random.Random) -> tuple[str, str]:
         """(prompt, path) of one random star graph."""

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
+from ..errors import RecipeError
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
                   "mask_token": "<mask>"}
@@ -109,8 +110,8 @@ def entity_spans(tokenizer, ids: list[int], entities: list[str]) -> list[list[in
                     spans.append([start, start + n])
                     found = True
         if not found:
-            raise ValueError(f"entity {entity!r} is not a whole run of tokens in its row ({tokenizer.decode(ids)!r}); "
-                             f"give entities that start and end on token boundaries")
+            raise RecipeError(f"entity {entity!r} is not a whole run of tokens in its row ({tokenizer.decode(ids)!r}); "
+                              f"give entities that start and end on token boundaries")
     return sorted(spans)
 
 

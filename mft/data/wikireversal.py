@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import RecipeError
+from ..errors import RecipeError
 from .schema import TaskData
 
 PLACEHOLDER = re.compile(r"<ENT_(\d+)>")
@@ -97,13 +97,13 @@ class WikiReversalTask:
 
     def __post_init__(self):
         if not self.genwiki:
-            raise ValueError("task.genwiki is empty; give the folder of the GenWiki JSON files")
+            raise RecipeError("task.genwiki is empty; give the folder of the GenWiki JSON files")
         if self.split not in ("same", "different"):
-            raise ValueError(f"task.split = {self.split!r}; use 'same' or 'different'")
+            raise RecipeError(f"task.split = {self.split!r}; use 'same' or 'different'")
         if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"task.test_fraction = {self.test_fraction}; use a fraction in (0, 1)")
+            raise RecipeError(f"task.test_fraction = {self.test_fraction}; use a fraction in (0, 1)")
         if self.min_count < 1:
-            raise ValueError(f"task.min_count = {self.min_count}; use at least 1")
+            raise RecipeError(f"task.min_count = {self.min_count}; use at least 1")
 
     def build(self) -> TaskData:
         data, _ = self.build_with_stats()

@@ -22,7 +22,7 @@ def quantization_config(options: PeftOptions, compute_dtype: torch.dtype = torch
 
 
 def apply_peft(model, options: PeftOptions, *, trainable_token_ids: list[int] | None = None,
-               gradient_checkpointing: bool = False):
+               activation_checkpointing: bool = False):
     """Wrap `model` for the chosen method. `trainable_token_ids` are embedding rows trained in full
     even under (Q)LoRA — the mask token when it was added to the vocabulary, whose row would
     otherwise stay at its initial value."""
@@ -31,7 +31,7 @@ def apply_peft(model, options: PeftOptions, *, trainable_token_ids: list[int] | 
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if options.method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing)
     config = LoraConfig(
         r=options.r,
         lora_alpha=options.alpha,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .base import IGNORE, Objective, Row
+from ..errors import RecipeError
 
 
 def next_token_row(ids: torch.Tensor, first_target: int = 1) -> Row:
@@ -42,13 +43,17 @@ class AR(Objective):
     predict_prompt: bool = True
 
     def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
-        ids = self._ids(example)
+        return [self.forward_row(example)]
+
+    def forward_row(self, example: dict[str, Any]) -> Row:
+        """Next-token prediction on the example as it is, from its first target on (1, or the
+        prompt length when `predict_prompt` is false)."""
         first = 1 if self.predict_prompt else example.get("prompt_length", 0)
-        return [next_token_row(ids, first)]
+        return next_token_row(self._ids(example), first)
 
 
 @dataclass
-class ARReverse(Objective):
+class ARReverse(AR):
     """AR on the sequence *and* on its token-level reverse (Golovneva et al.'s reverse training).
 
     Two rows per example: (1) next-token prediction on x as in `ar`; (2) next-token prediction on
@@ -58,28 +63,16 @@ class ARReverse(Objective):
     """
 
     name = "ar_reverse"
-    predict_prompt: bool = True
 
     def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
-        ids = self._ids(example)
-        first = 1 if self.predict_prompt else example.get("prompt_length", 0)
-        return [next_token_row(ids, first), next_token_row(self.reverse(ids))]
+        return [self.forward_row(example), next_token_row(self.reverse(self._ids(example)))]
 
     def reverse(self, ids: torch.Tensor) -> torch.Tensor:
-        start, end = self._content(ids)
+        start, end = self.content_span(ids)
         out = ids.clone()
         if end > start:
             out[start:end] = ids[start:end].flip(0)
         return out
-
-    def _content(self, ids: torch.Tensor) -> tuple[int, int]:
-        """[start, end): the tokens between leading special tokens and a trailing EOS."""
-        fixed = self._fixed(ids)
-        start = 0
-        while start < len(ids) and fixed[start]:
-            start += 1
-        end = len(ids) - 1 if len(ids) and ids[-1] == self.special.eos_token_id else len(ids)
-        return start, max(start, end)
 
 
 ENTITY_OPEN, ENTITY_CLOSE = "<ent>", "</ent>"
@@ -110,22 +103,22 @@ class ARReverseEntity(ARReverse):
         self.close_ids: list[int] = []
         if self.delimiters:
             if tokenizer is None:
-                raise ValueError("objective 'ar_reverse_entity' with delimiters needs the tokenizer to encode them")
+                raise RecipeError("objective 'ar_reverse_entity' with delimiters needs the tokenizer to encode them")
             self.open_ids = tokenizer(ENTITY_OPEN, add_special_tokens=False)["input_ids"]
             self.close_ids = tokenizer(ENTITY_CLOSE, add_special_tokens=False)["input_ids"]
             if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in self.open_ids + self.close_ids:
-                raise ValueError(f"the tokenizer cannot write the delimiters {ENTITY_OPEN} {ENTITY_CLOSE}")
+                raise RecipeError(f"the tokenizer cannot write the delimiters {ENTITY_OPEN} {ENTITY_CLOSE}; set "
+                                  f"objective.delimiters: false or add them to the vocabulary")
 
     def vocabulary_texts(self) -> list[str]:
         return [ENTITY_OPEN, ENTITY_CLOSE] if self.delimiters else []
 
     def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
-        ids = self._ids(example)
-        first = 1 if self.predict_prompt else example.get("prompt_length", 0)
-        return [next_token_row(ids, first), next_token_row(self.reverse_entities(ids, example.get("entity_spans", [])))]
+        reversed_ids = self.reverse_entities(self._ids(example), example.get("entity_spans", []))
+        return [self.forward_row(example), next_token_row(reversed_ids)]
 
     def reverse_entities(self, ids: torch.Tensor, spans: list[list[int]]) -> torch.Tensor:
-        start, end = self._content(ids)
+        start, end = self.content_span(ids)
         entities = [(max(a, start), min(b, end)) for a, b in spans if a < end and b > start]
         units, position = [], start
         for a, b in entities:
@@ -156,15 +149,13 @@ class ARReverseSegment(ARReverse):
 
     def __post_init__(self):
         if self.max_segment_length < 1:
-            raise ValueError(f"objective.max_segment_length = {self.max_segment_length}; use at least 1")
+            raise RecipeError(f"objective.max_segment_length = {self.max_segment_length}; use at least 1")
 
     def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
-        ids = self._ids(example)
-        first = 1 if self.predict_prompt else example.get("prompt_length", 0)
-        return [next_token_row(ids, first), next_token_row(self.reverse_segments(ids, generator))]
+        return [self.forward_row(example), next_token_row(self.reverse_segments(self._ids(example), generator))]
 
     def reverse_segments(self, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        start, end = self._content(ids)
+        start, end = self.content_span(ids)
         segments, position = [], start
         while position < end:
             length = int(torch.randint(1, self.max_segment_length + 1, (), generator=generator))

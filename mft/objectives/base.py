@@ -34,7 +34,21 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..errors import RecipeError
+
 IGNORE = -100
+
+# Every objective class with a `name`, registered as it is defined (`Objective.__init_subclass__`):
+# the recipe's `objective.name` -> class. Importing `mft.objectives` defines them all.
+OBJECTIVES: dict[str, type["Objective"]] = {}
+
+# The model kinds an objective may train. "causal": a decoder-only causal LM (llama, mistral, qwen2,
+# gpt2, or any pretrained causal LM); "bert": an encoder that sees every token; "encoder_decoder":
+# the factorization-curse paper's model (`mft.models.encoder_decoder`), which has a query stream.
+MODEL_KINDS = ("causal", "bert", "encoder_decoder")
+
+# How answers are generated (see `mft.decoding`).
+DECODINGS = ("causal", "masked", "masked_any_order")
 
 
 @dataclass
@@ -76,6 +90,20 @@ class SpecialTokens:
         )
 
 
+def check_rate(field: str, value: float) -> None:
+    """A masking rate or ratio must lie in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise RecipeError(f"objective.{field} = {value} is outside [0, 1]; use a masking rate between 0 and 1")
+
+
+def check_rate_range(low: float, high: float) -> None:
+    """`low` and `high` of a rate drawn from U(low, high): both in [0, 1], low <= high."""
+    check_rate("low", low)
+    check_rate("high", high)
+    if low > high:
+        raise RecipeError(f"objective.low = {low} > objective.high = {high}; set low <= high")
+
+
 def example_generator(seed: int, *keys: int) -> torch.Generator:
     """A generator whose stream depends only on (seed, *keys), e.g. (seed, epoch, example index).
 
@@ -88,19 +116,69 @@ def example_generator(seed: int, *keys: int) -> torch.Generator:
 
 
 class Objective:
-    """Base class. Subclasses are dataclasses whose fields are the recipe's `objective:` options."""
+    """Base class. Subclasses are dataclasses whose fields are the recipe's `objective:` options.
+
+    Besides making rows, an objective states the rules that validation and inference need, so that
+    nothing else re-derives them (a mixture combines its components' rules):
+
+        decoding          how a model trained with it answers by default (one of `DECODINGS`)
+        shift             the logits at i-1 predict the masked token i (masked objectives' option)
+        keep_sink         position 0 attends to itself alone under bidirectional attention
+        attend_to_masked  masked positions are attention keys (False: hidden, as in the paper)
+        bidirectional     some of its rows use bidirectional attention
+        two_stream        its rows need a model with a separate query stream (PLM)
+        architectures     the model kinds (`MODEL_KINDS`) it can train
+        components        the objectives that make its rows: itself, or a mixture's components
+        reads_prompt      its rows depend on where the prompt ends (prompt/completion examples)
+    """
 
     name: ClassVar[str]
     needs_mask_token: ClassVar[bool] = False
-    bidirectional: ClassVar[bool] = False  # whether any of its rows use bidirectional attention
-    two_stream: ClassVar[bool] = False  # whether its rows need a model with a separate query stream
+    bidirectional: ClassVar[bool] = False
+    two_stream: ClassVar[bool] = False
+    decoding: ClassVar[str] = "causal"
+    architectures: ClassVar[frozenset[str]] = frozenset({"causal", "encoder_decoder"})
+    # Options of the masked objectives; fixed here for the objectives that have no such option.
+    shift: bool = False
+    keep_sink: bool = False
+    attend_to_masked: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if isinstance(cls.__dict__.get("name"), str):
+            OBJECTIVES[cls.name] = cls
+
+    @property
+    def components(self) -> tuple["Objective", ...]:
+        return (self,)
+
+    def decoding_options(self) -> dict[str, bool]:
+        """The training rules that masked decoding must repeat (keyword arguments of
+        `mft.decoding.generate`)."""
+        return {"shift": self.shift, "keep_sink": self.keep_sink, "attend_to_masked": self.attend_to_masked}
+
+    @property
+    def reads_prompt(self) -> bool:
+        return not getattr(self, "predict_prompt", True)
 
     def setup(self, special: SpecialTokens, tokenizer=None) -> None:
         """Called once by the collator. `tokenizer` (when there is one) lets an objective build its
         fixed token sequences, e.g. a chat template around a masked document."""
         if self.needs_mask_token and special.mask_token_id is None:
-            raise ValueError(f"objective {self.name!r} needs a mask token but the tokenizer has none")
+            raise RecipeError(f"objective {self.name!r} needs a mask token but the tokenizer has none; give the "
+                              f"tokenizer one (tokenizer.add_special_tokens({{'mask_token': '<mask>'}}))")
         self.special = special
+
+    # What `setup` gives an objective; reading one of them before `setup` says so.
+    _SET_UP_BY_SETUP: ClassVar[frozenset[str]] = frozenset({"special", "prefix", "middle", "open_ids", "close_ids"})
+
+    def __getattr__(self, attribute: str):
+        # Only reached for attributes that are not set.
+        if attribute in self._SET_UP_BY_SETUP:
+            raise AttributeError(f"objective {self.name!r} is not set up ({attribute!r} is missing): call "
+                                 f"objective.setup(SpecialTokens.from_tokenizer(tokenizer), tokenizer) first, "
+                                 f"or let MFTCollator do it")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attribute!r}")
 
     def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
         raise NotImplementedError
@@ -121,6 +199,15 @@ class Objective:
 
     def _ids(self, example: dict[str, Any]) -> torch.Tensor:
         return torch.as_tensor(example["input_ids"], dtype=torch.long)
+
+    def content_span(self, ids: torch.Tensor) -> tuple[int, int]:
+        """[start, end): the tokens between leading special tokens (BOS, ...) and a trailing EOS."""
+        fixed = self._fixed(ids)
+        start = 0
+        while start < len(ids) and fixed[start]:
+            start += 1
+        end = len(ids) - 1 if len(ids) and ids[-1] == self.special.eos_token_id else len(ids)
+        return start, max(start, end)
 
     def _fixed(self, ids: torch.Tensor) -> torch.Tensor:
         """Bool [L]: positions holding special tokens (masked objectives never mask them)."""

@@ -39,7 +39,8 @@ from typing import Any, Literal
 
 import torch
 
-from .base import IGNORE, Objective, Row
+from .base import IGNORE, Objective, Row, check_rate, check_rate_range
+from ..errors import RecipeError
 
 
 def stochastic_round(value: float, generator: torch.Generator) -> int:
@@ -47,9 +48,24 @@ def stochastic_round(value: float, generator: torch.Generator) -> int:
     return whole + int(torch.rand((), generator=generator).item() < value - whole)
 
 
+@dataclass
 class _MaskedObjective(Objective):
+    """The options MLM and MLM-U share (see the module docstring)."""
+
     needs_mask_token = True
     bidirectional = True
+    decoding = "masked"
+    architectures = frozenset({"causal", "bert", "encoder_decoder"})
+    min_masked: int = 1
+    predict_prompt: bool = True
+    attend_to_masked: bool = False
+    shift: bool = False
+    keep_sink: bool = False
+
+    def __post_init__(self):
+        if self.keep_sink and not self.shift:
+            raise RecipeError("objective.keep_sink = true needs shift: true (position 0, the sink, predicts "
+                              "nothing); set shift: true or keep_sink: false")
 
     def _ids_and_prompt_length(self, example: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """The example's ids, with start tokens put in front where the first content token could
@@ -83,11 +99,6 @@ class _MaskedObjective(Objective):
             maskable[:2] = False  # position 0, the only one left of position 1, sees nothing
         return maskable
 
-    def _check_sink(self) -> None:
-        if self.keep_sink and not self.shift:
-            raise ValueError("objective.keep_sink = true needs shift: true (position 0, the sink, predicts "
-                             "nothing); set shift: true or keep_sink: false")
-
     def masked_row(self, example: dict[str, Any], rate: float, generator: torch.Generator) -> Row:
         ids, prompt_length = self._ids_and_prompt_length(example)
         candidates = self.maskable(ids, prompt_length).nonzero().flatten()
@@ -115,11 +126,6 @@ class _MaskedObjective(Objective):
         return 1.0
 
 
-def _check_rate(field: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"objective.{field} = {value} is outside [0, 1]; use a masking rate between 0 and 1")
-
-
 @dataclass
 class MLM(_MaskedObjective):
     """Masked language modelling at a fixed rate r (BERT without the 80/10/10 corruption).
@@ -129,15 +135,10 @@ class MLM(_MaskedObjective):
 
     name = "mlm"
     rate: float = 0.15
-    min_masked: int = 1
-    predict_prompt: bool = True
-    attend_to_masked: bool = False
-    shift: bool = False
-    keep_sink: bool = False
 
     def __post_init__(self):
-        _check_rate("rate", self.rate)
-        self._check_sink()
+        super().__post_init__()
+        check_rate("rate", self.rate)
 
     def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
         return [self.masked_row(example, self.rate, generator)]
@@ -162,20 +163,12 @@ class MLMU(_MaskedObjective):
     low: float = 0.0
     high: float = 1.0
     weighting: Literal["1/r", "uniform"] = "1/r"
-    min_masked: int = 1
-    predict_prompt: bool = True
-    attend_to_masked: bool = False
-    shift: bool = False
-    keep_sink: bool = False
 
     def __post_init__(self):
-        _check_rate("low", self.low)
-        _check_rate("high", self.high)
-        if self.low > self.high:
-            raise ValueError(f"objective.low = {self.low} > objective.high = {self.high}; set low <= high")
+        super().__post_init__()
+        check_rate_range(self.low, self.high)
         if self.weighting not in ("1/r", "uniform"):
-            raise ValueError(f"objective.weighting = {self.weighting!r}; use '1/r' or 'uniform'")
-        self._check_sink()
+            raise RecipeError(f"objective.weighting = {self.weighting!r}; use '1/r' or 'uniform'")
 
     def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
         rate = self.low + (self.high - self.low) * torch.rand((), generator=generator).item()

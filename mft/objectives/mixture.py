@@ -17,6 +17,11 @@ e.g. documents with masked fine-tuning and questions with completion-only AR:
 
 Each row remembers which component made it (`Row.source`), so the trainer logs every component's
 loss separately (`loss_ar`, `loss_mlm_u`) next to the total.
+
+The mixture's rules combine its components': it needs a mask token, is bidirectional, shifts or
+keeps the sink when any component does; it trains the architectures all components can train. Its
+natural decoding is the one of the component that answers questions: with `route`, the component
+of prompt rows (questions are prompts); with `mix`, the heaviest (the first listed among equals).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from typing import Any, Literal
 
 import torch
 
-from .base import Objective, Row
+from .base import OBJECTIVES, Objective, Row
+from ..errors import RecipeError
 
 
 @dataclass
@@ -38,38 +44,51 @@ class Mixture(Objective):
     route: dict[str, str] | None = None
 
     def __post_init__(self):
-        from . import OBJECTIVES, build_objective
-
         if self.route is not None:
             if set(self.route) != {"text", "prompt"}:
-                raise ValueError("objective.route maps both row kinds to an objective: {text: ..., prompt: ...}")
+                raise RecipeError("objective.route maps both row kinds to an objective: {text: ..., prompt: ...}")
             routed = {name: 1.0 for name in dict.fromkeys(self.route.values())}
             # A resolved recipe repeats the mix that the route implies; any other mix is a conflict.
             if self.mix and self.mix != routed:
-                raise ValueError("objective.route and objective.mix exclude each other; give one")
+                raise RecipeError("objective.route and objective.mix exclude each other; give one")
             self.mix = routed
         if not self.mix:
-            raise ValueError("objective.mix is empty; give components and weights, e.g. {ar: 0.5, mlm_u: 0.5}")
+            raise RecipeError("objective.mix is empty; give components and weights, e.g. {ar: 0.5, mlm_u: 0.5}")
         for component, weight in self.mix.items():
             if component not in OBJECTIVES or component == "mixture":
-                raise ValueError(f"objective.mix: unknown objective {component!r}; choose from "
-                                 f"{', '.join(n for n in OBJECTIVES if n != 'mixture')}")
+                raise RecipeError(f"objective.mix: unknown objective {component!r}; choose from "
+                                  f"{', '.join(n for n in OBJECTIVES if n != 'mixture')}")
             if not isinstance(weight, (int, float)) or weight < 0:
-                raise ValueError(f"objective.mix.{component} = {weight!r}; weights are numbers >= 0")
+                raise RecipeError(f"objective.mix.{component} = {weight!r}; weights are numbers >= 0")
         if sum(self.mix.values()) <= 0:
-            raise ValueError("objective.mix: the weights sum to 0; give at least one positive weight")
+            raise RecipeError("objective.mix: the weights sum to 0; give at least one positive weight")
         for component in self.options:
             if component not in self.mix:
-                raise ValueError(f"objective.options.{component}: {component!r} is not in objective.mix")
+                raise RecipeError(f"objective.options.{component}: {component!r} is not in objective.mix")
         if self.per not in ("example", "batch"):
-            raise ValueError(f"objective.per = {self.per!r}; use 'example' or 'batch'")
-        self.components = [build_objective(name, **self.options.get(name, {})) for name in self.mix]
+            raise RecipeError(f"objective.per = {self.per!r}; use 'example' or 'batch'")
+        self._components = tuple(OBJECTIVES[name](**self.options.get(name, {})) for name in self.mix)
         total = sum(self.mix.values())
         self.probabilities = torch.tensor([weight / total for weight in self.mix.values()])
 
     @property
+    def components(self) -> tuple[Objective, ...]:
+        return self._components
+
+    @property
     def component_names(self) -> list[str]:
         return list(self.mix)
+
+    @property
+    def answering_component(self) -> Objective:
+        """The component whose decoding answers questions (see the module docstring)."""
+        if self.route is not None:
+            return self.components[self.component_names.index(self.route["prompt"])]
+        return self.components[self.component_names.index(max(self.mix, key=self.mix.get))]
+
+    @property
+    def decoding(self) -> str:
+        return self.answering_component.decoding
 
     @property
     def needs_mask_token(self) -> bool:
@@ -80,12 +99,28 @@ class Mixture(Objective):
         return any(component.bidirectional for component in self.components)
 
     @property
+    def two_stream(self) -> bool:
+        return any(component.two_stream for component in self.components)
+
+    @property
     def shift(self) -> bool:
-        return any(getattr(component, "shift", False) for component in self.components)
+        return any(component.shift for component in self.components)
 
     @property
     def keep_sink(self) -> bool:
-        return any(getattr(component, "keep_sink", False) for component in self.components)
+        return any(component.keep_sink for component in self.components)
+
+    @property
+    def attend_to_masked(self) -> bool:
+        return any(component.attend_to_masked for component in self.components if component.bidirectional)
+
+    @property
+    def architectures(self) -> frozenset[str]:
+        return frozenset.intersection(*(component.architectures for component in self.components))
+
+    @property
+    def reads_prompt(self) -> bool:
+        return self.route is not None or any(component.reads_prompt for component in self.components)
 
     def setup(self, special, tokenizer=None) -> None:
         super().setup(special, tokenizer)

@@ -39,15 +39,15 @@ class PLM(Objective):
     name = "plm"
     bidirectional = True  # its rows need 4D masks
     two_stream = True
+    decoding = "masked"
+    architectures = frozenset({"encoder_decoder"})  # a decoder-only model would see the token it predicts
     predict_prompt: bool = True
 
     def __call__(self, example: dict[str, Any], generator: torch.Generator) -> list[Row]:
         ids = self._ids(example)
         n = len(ids)
         fixed = self._fixed(ids)
-        leading = 0
-        while leading < n and fixed[leading]:
-            leading += 1
+        leading, _ = self.content_span(ids)
         prompt_end = leading if self.predict_prompt else max(leading, min(example.get("prompt_length", 0), n))
         # Ranks: leading specials 0..leading-1 in place, then the prompt (shuffled), then the rest (shuffled).
         rank = torch.empty(n, dtype=torch.long)

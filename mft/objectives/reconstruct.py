@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from .base import IGNORE, Objective, Row
+from .base import IGNORE, Objective, Row, check_rate_range
 from .masked import stochastic_round
+from ..errors import RecipeError
 
 PLACEHOLDER = "<<MFT_MASKED_DOCUMENT>>"
 
@@ -35,17 +36,12 @@ class _ReconstructObjective(Objective):
     needs_mask_token = True
 
     def __post_init__(self):
-        for field in ("low", "high"):
-            value = getattr(self, field)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"objective.{field} = {value} is outside [0, 1]; use a masking ratio between 0 and 1")
-        if self.low > self.high:
-            raise ValueError(f"objective.low = {self.low} > objective.high = {self.high}; set low <= high")
+        check_rate_range(self.low, self.high)
 
     def setup(self, special, tokenizer=None) -> None:
         super().setup(special, tokenizer)
         if tokenizer is None:
-            raise ValueError(f"objective {self.name!r} needs the tokenizer to build its prompt")
+            raise RecipeError(f"objective {self.name!r} needs the tokenizer to build its prompt; pass it to the collator")
         self.prefix, self.middle = self.template(tokenizer)
 
     def vocabulary_texts(self) -> list[str]:
@@ -67,11 +63,7 @@ class _ReconstructObjective(Objective):
     def split(self, example: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """(content ids without leading special tokens and the final EOS, prompt length inside them)."""
         ids = self._ids(example)
-        fixed = self._fixed(ids)
-        start = 0
-        while start < len(ids) and fixed[start]:
-            start += 1
-        end = len(ids) - 1 if len(ids) and ids[-1] == self.special.eos_token_id else len(ids)
+        start, end = self.content_span(ids)
         prompt_length = max(example.get("prompt_length", 0) - start, 0)
         return ids[start:end], prompt_length
 
@@ -116,6 +108,7 @@ class MaskedSFT(_ReconstructObjective):
     """Masked SFT: mask only the answer inside the prompt; predict only the masked answer tokens."""
 
     name = "masked_sft"
+    reads_prompt = True  # only the answer (after the prompt) is masked and predicted
     low: float = 0.05
     high: float = 0.95
     instruction: str = "Recover the masked answer."

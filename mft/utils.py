@@ -1,0 +1,57 @@
+"""Small helpers with no mft dependencies: keeping secrets out of files."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# Keys that hold a credential wherever they appear in a recipe (any case). Matched by name, not by
+# substring, so that options such as `max_new_tokens`, `mask_token` or `pad_token: "<pad>"` survive.
+SECRET_KEYS = frozenset({"token", "hub_token", "push_to_hub_token", "hf_token", "api_token", "access_token",
+                         "auth_token", "hub_api_token", "huggingface_token"})
+
+HF_TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+
+
+def is_secret_key(key: Any, value: Any) -> bool:
+    """Whether `key: value` may hold a secret: the key is a known credential name (`hub_token`,
+    `HF_TOKEN`, `token`, ...) whatever its value, or any string value looks like a Hugging Face token
+    (`hf_...`)."""
+    if str(key).lower() in SECRET_KEYS:
+        return True
+    return isinstance(value, str) and HF_TOKEN_LIKE.search(value) is not None
+
+
+def redact(mapping: Any) -> Any:
+    """A copy of `mapping` without the keys that may hold a secret (`is_secret_key`), at any depth
+    (mappings inside mappings and lists). The input is not changed."""
+    if isinstance(mapping, dict):
+        return {key: redact(value) for key, value in mapping.items() if not is_secret_key(key, value)}
+    if isinstance(mapping, (list, tuple)):
+        return [redact(item) for item in mapping]
+    return mapping
+
+
+def secret_paths(mapping: Any, prefix: str = "") -> list[str]:
+    """The dotted names of the keys `redact` would remove that hold a value (not null or empty)."""
+    found = []
+    if isinstance(mapping, dict):
+        for key, value in mapping.items():
+            path = f"{prefix}{key}"
+            if is_secret_key(key, value):
+                if value not in (None, ""):
+                    found.append(path)
+            else:
+                found += secret_paths(value, path + ".")
+    elif isinstance(mapping, (list, tuple)):
+        for item in mapping:
+            found += secret_paths(item, prefix)
+    return found
+
+
+def mask_secrets(text: str, token: str | None) -> str:
+    """`text` with the token (and anything shaped like a Hugging Face token) replaced by ***."""
+    if token:
+        text = text.replace(token, "***")
+    text = HF_TOKEN_LIKE.sub("hf_***", text)
+    return re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text)
