@@ -7,7 +7,9 @@ import argparse
 import dataclasses
 import sys
 
-from .config import RecipeError
+from .objectives import DECODINGS
+
+from .errors import MFTError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = commands.add_parser("eval", help="answer a QA file with a finished run's model")
     evaluate.add_argument("output_dir", help="the run's training.output_dir")
     evaluate.add_argument("--qa", required=True, help='JSONL of {"question", "answer", "direction"}')
-    evaluate.add_argument("--decoding", choices=["causal", "masked", "masked_any_order"], default=None,
-                          help="default: the run's objective's (masked for mlm/mlm_u, else causal)")
-    evaluate.add_argument("--max-new-tokens", type=int, default=32)
+    evaluate.add_argument("--decoding", choices=list(DECODINGS), default=None,
+                          help="default: the run's (training.decoding, else its objective's natural decoding)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=None,
+                          help="default: the run's training.max_new_tokens")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--out", default=None, help="JSON file for the metrics (default: RUN/eval_<qa name>.json)")
     push = commands.add_parser("push", help="publish a finished run (model or adapter, card) to the Hugging Face Hub")
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             return evaluate_run_command(args)
         options = args.option + ([f"genwiki={args.genwiki}"] if args.genwiki else [])
         return write_task_data(args.task, args.out, options)
-    except RecipeError as error:
+    except MFTError as error:
         print(f"mft: error: {error}", file=sys.stderr)
         return 2
 

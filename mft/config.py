@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import enum
 import importlib.util
+import json
 import os
 import re
 import types
@@ -33,9 +34,13 @@ from typing import Any, Literal
 import yaml
 from transformers import TrainingArguments
 
+from .data import TASKS
+from .errors import RecipeError
+from .objectives import MODEL_KINDS, OBJECTIVES, Objective, build_objective
+from .utils import redact
 
-class RecipeError(ValueError):
-    """A problem with a recipe or its inputs, phrased for the person who wrote it."""
+__all__ = ["MFTConfig", "ModelConfig", "PeftOptions", "DataFiles", "Recipe", "RecipeError", "load_recipe",
+           "parse_recipe", "apply_override", "read_yaml", "validate_recipe", "model_kind", "mft_option"]
 
 
 def _default_report_to() -> str:
@@ -53,7 +58,8 @@ class MFTConfig(TrainingArguments):
                           "'masked_any_order' (masked decoding, the most confident slot first). "
                           "Default: the objective's natural one."},
     )
-    max_new_tokens: int = field(default=16, metadata={"help": "Longest answer generated at evaluation."})
+    max_new_tokens: int = field(
+        default=16, metadata={"help": "Longest answer generated at evaluation (also mft eval's and the model card's)."})
     attention_anneal_steps: int = field(
         default=0,
         metadata={"help": "Anneal bidirectional objectives from causal attention over the first N steps: at "
@@ -99,25 +105,33 @@ class MFTConfig(TrainingArguments):
 
     def __post_init__(self):
         if self.logits_chunk_size < 1:
-            raise ValueError(f"logits_chunk_size = {self.logits_chunk_size}; use a positive number of positions")
+            raise RecipeError(f"logits_chunk_size = {self.logits_chunk_size}; use a positive number of positions")
         if self.pack_length < 0:
-            raise ValueError(f"pack_length = {self.pack_length}; use 0 (no packing) or a row length in tokens")
-        if not self.prompt_gradient and self.gradient_checkpointing:
-            raise ValueError("prompt_gradient = false reuses the prompt's cached keys and values, which gradient "
-                             "checkpointing drops; set gradient_checkpointing: false or prompt_gradient: true")
+            raise RecipeError(f"pack_length = {self.pack_length}; use 0 (no packing) or a row length in tokens")
+        if not self.prompt_gradient and (self.activation_checkpointing or self.gradient_checkpointing):
+            raise RecipeError("prompt_gradient = false reuses the prompt's cached keys and values, which activation "
+                              "checkpointing drops; set activation_checkpointing: false or prompt_gradient: true")
         if not self.prompt_gradient and self.pack_length:
-            raise ValueError("prompt_gradient = false needs one example per row; set pack_length: 0 or "
-                             "prompt_gradient: true")
+            raise RecipeError("prompt_gradient = false needs one example per row; set pack_length: 0 or "
+                              "prompt_gradient: true")
+        if self.max_new_tokens < 1:
+            raise RecipeError(f"max_new_tokens = {self.max_new_tokens}; an answer needs at least 1 new token")
         if self.attention_anneal_steps < 0:
-            raise ValueError(f"attention_anneal_steps = {self.attention_anneal_steps}; use 0 (off) or more steps")
+            raise RecipeError(f"attention_anneal_steps = {self.attention_anneal_steps}; use 0 (off) or more steps")
         if self.deepspeed and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):
-            raise ValueError("deepspeed is set in the recipe and the accelerate config turns DeepSpeed on too; keep "
-                             "one source of truth: drop training.deepspeed (the accelerate config names its JSON) "
-                             "or launch without a DeepSpeed accelerate config")
+            raise RecipeError("deepspeed is set in the recipe and the accelerate config turns DeepSpeed on too; keep "
+                              "one source of truth: drop training.deepspeed (the accelerate config names its JSON) "
+                              "or launch without a DeepSpeed accelerate config")
         if isinstance(self.deepspeed, str) and not os.path.isfile(self.deepspeed):
-            raise ValueError(f"deepspeed = {self.deepspeed}: no such file; give a DeepSpeed JSON such as "
-                             f"accelerate_configs/deepspeed/zero2.json")
+            raise RecipeError(f"deepspeed = {self.deepspeed}: no such file; give a DeepSpeed JSON such as "
+                              f"accelerate_configs/deepspeed/zero2.json")
         super().__post_init__()
+
+
+def mft_option(args, name: str) -> Any:
+    """mft's option `name` from a Trainer's arguments: an `MFTConfig`, or any other
+    `TrainingArguments` (e.g. TRL's SFTConfig), which then gets MFTConfig's default."""
+    return getattr(args, name, MFTConfig.__dataclass_fields__[name].default)
 
 
 @dataclass
@@ -233,17 +247,17 @@ class Recipe:
     data: DataFiles | None = None
     raw: dict[str, Any] = field(default_factory=dict)  # the resolved recipe as plain YAML data
 
-    def build_objective(self):
-        from .objectives import build_objective
+    def build_objective(self) -> Objective:
+        """A new objective from the recipe (each collator sets up its own)."""
         return build_objective(self.objective_name, **self.objective_options)
 
     def build_task(self):
-        from .data import TASKS
         return TASKS[self.task_name](**self.task_options)
 
-    def to_yaml(self) -> str:
-        """The recipe with every mft default filled in (training: as given; the rest are
-        transformers' defaults)."""
+    def resolved(self) -> dict[str, Any]:
+        """The recipe with every resolved value: each section's fields with defaults filled in
+        (the objective's pretrained defaults too), and every training argument as the run uses it
+        (less the Hub token and the process-local fields). Parsing it again gives the same run."""
         resolved: dict[str, Any] = {}
         if self.task_name:
             resolved["task"] = {"name": self.task_name, **dataclasses.asdict(self.build_task())}
@@ -252,10 +266,24 @@ class Recipe:
         resolved["model"] = dataclasses.asdict(self.model)
         resolved["peft"] = dataclasses.asdict(self.peft)
         resolved["objective"] = {"name": self.objective_name, **dataclasses.asdict(self.build_objective())}
-        resolved["training"] = dict(self.raw.get("training", {}))
-        from .hub import redact  # never write a Hub token to disk
+        resolved["training"] = training_values(self.training)
+        return redact(resolved)  # never write a Hub token to disk
 
-        return yaml.safe_dump(redact(resolved), sort_keys=False)
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.resolved(), sort_keys=False)
+
+
+# TrainingArguments fields that describe this process or are derived from others: not part of a
+# recipe (`logging_dir` follows output_dir; the deprecated aliases mirror activation_checkpointing).
+DERIVED_TRAINING_FIELDS = {"local_rank", "logging_dir", "gradient_checkpointing", "gradient_checkpointing_kwargs",
+                           "hub_token"}
+
+
+def training_values(training: MFTConfig) -> dict[str, Any]:
+    """Every training argument as resolved (enums as their values), for resolved_recipe.yaml."""
+    values = training.to_dict()
+    return {field.name: values[field.name] for field in dataclasses.fields(training)
+            if field.init and field.name in values and field.name not in DERIVED_TRAINING_FIELDS}
 
 
 SECTIONS = ("task", "data", "model", "peft", "objective", "training")
@@ -331,7 +359,6 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
 
     task_name, task_options, data = None, {}, None
     if "task" in raw:
-        from .data import TASKS
         task_name, task_options = _named_section("task", raw["task"], TASKS)
     else:
         data = _build_dataclass("data", DataFiles, raw["data"])
@@ -339,18 +366,119 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
     model = _build_dataclass("model", ModelConfig, raw.get("model", {}))
     peft = _build_dataclass("peft", PeftOptions, raw.get("peft", {}))
 
-    from .objectives import OBJECTIVES
     if "objective" not in raw:
         raise RecipeError(f"the recipe has no 'objective' section; add one, e.g. objective: {{name: mlm_u}}")
-    objective_name, objective_options = _named_section("objective", raw["objective"], OBJECTIVES)
+    objective_section = dict(raw["objective"])
+    if model.name_or_path:
+        objective_section = with_pretrained_defaults(objective_section)
+    objective_name, objective_options = _named_section("objective", objective_section, OBJECTIVES)
 
     training = _build_dataclass("training", MFTConfig, raw.get("training", {}))
     recipe = Recipe(model=model, peft=peft, objective_name=objective_name, objective_options=objective_options,
                     training=training, task_name=task_name, task_options=task_options, data=data, raw=raw)
-    recipe.build_objective()  # validates the option values (rates within [0, 1], ...)
+    validate_recipe(recipe)
+    return recipe
+
+
+def with_pretrained_defaults(section: dict[str, Any]) -> dict[str, Any]:
+    """The objective section with the defaults of a pretrained causal LM filled in where the recipe
+    is silent: masked objectives predict token i from position i-1 (`shift`, which keeps the LM
+    head aligned) and keep the first token's attention causal (`keep_sink`, which keeps its
+    attention sink); for a mixture, in each component's options."""
+    def fill(name: Any, options: dict[str, Any]) -> dict[str, Any]:
+        known = OBJECTIVES[name].options() if name in OBJECTIVES else {}
+        options = dict(options)
+        if "shift" in known:
+            options.setdefault("shift", True)
+        if "keep_sink" in known:
+            options.setdefault("keep_sink", bool(options.get("shift")))
+        return options
+
+    section = dict(section)
+    if section.get("name") != "mixture":
+        return fill(section.get("name"), section)
+    names = section.get("mix") or (section.get("route") or {}).values()
+    if not isinstance(names, (dict, type({}.values()))) or not isinstance(section.get("options", {}), dict):
+        return section  # malformed: the type check reports it
+    options = dict(section.get("options") or {})
+    for name in dict.fromkeys(names):
+        if isinstance(options.get(name, {}), dict):
+            options[name] = fill(name, options.get(name, {}))
+    section["options"] = options
+    return section
+
+
+def model_kind(model: ModelConfig) -> str:
+    """Which of `MODEL_KINDS` the recipe's model is: a from-scratch architecture, or a pretrained
+    causal LM (a saved run of mft's encoder-decoder is recognised by its config.json)."""
+    if not model.name_or_path:
+        return model.architecture if model.architecture in MODEL_KINDS else "causal"
+    config_file = Path(model.name_or_path) / "config.json"
+    if config_file.is_file():
+        try:
+            if json.loads(config_file.read_text()).get("model_type") == "mft_encoder_decoder":
+                return "encoder_decoder"
+        except (OSError, ValueError):
+            pass  # loading reports an unreadable checkpoint
+    return "causal"
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    """Every check of a recipe against its objective and model kind that needs no data and no model:
+    combinations that cannot work, or would silently train something other than asked. Raises
+    `RecipeError` (one line naming the field and the fix). The checks that need the data (row
+    lengths) run in `mft.train.prepare`, still before any model is built."""
+    objective = recipe.build_objective()  # validates the option values (rates within [0, 1], ...)
     if recipe.task_name:
         recipe.build_task()
-    return recipe
+    training, model = recipe.training, recipe.model
+    kind = model_kind(model)
+    if model.name_or_path and not model.add_bos_token:
+        raise RecipeError("model.add_bos_token = false applies to from-scratch models (their task tokenizer); a "
+                          "pretrained model keeps its own tokenizer's start tokens: remove the field")
+    if recipe.peft.method == "qlora" and not model.name_or_path:
+        raise RecipeError("peft.method = qlora quantizes a pretrained model as it loads; set model.name_or_path "
+                          "or use peft.method = lora / full")
+    if training.push_to_hub and not training.hub_model_id:
+        raise RecipeError("training.push_to_hub = true needs training.hub_model_id (e.g. your-name/mft-quickstart); "
+                          "set it, or push later with: mft push OUTPUT_DIR --repo-id ID")
+    resume = training.resume_from_checkpoint
+    if isinstance(resume, str) and not (Path(resume) / "trainer_state.json").is_file():
+        raise RecipeError(f"training.resume_from_checkpoint = {resume} is not a checkpoint folder (no "
+                          f"trainer_state.json); give a checkpoint-N folder, or true for the last one in output_dir")
+    if training.dataloader_persistent_workers:
+        raise RecipeError("training.dataloader_persistent_workers = true would keep every epoch's masks equal to "
+                          "the first epoch's; set it to false")
+    if model.attn_implementation == "flash_attention_2" and objective.bidirectional:
+        raise RecipeError(f"model.attn_implementation = flash_attention_2 cannot run objective "
+                          f"{recipe.objective_name!r}, whose attention is bidirectional; use sdpa or eager")
+    if model.attn_implementation == "flash_attention_2" and training.pack_length:
+        raise RecipeError("training.pack_length needs a 4D attention mask, which flash_attention_2 ignores; use sdpa "
+                          "or eager, or pack_length: 0")
+    components = objective.components
+    if kind == "encoder_decoder" and len({c.bidirectional for c in components}) > 1:
+        raise RecipeError("model.architecture = encoder_decoder: a mixture cannot combine next-token objectives (the "
+                          "decoder asks for the next token) with masked ones (it asks for its own position); train one kind")
+    for component in components:
+        if not training.prompt_gradient and (component.bidirectional or kind != "causal"):
+            raise RecipeError(f"training.prompt_gradient = false caches the prompt of causal rows; objective "
+                              f"{component.name!r} on a {kind} model has none: set it to true")
+        if component.two_stream and training.pack_length:
+            raise RecipeError(f"training.pack_length: objective {component.name!r} brings its own attention masks, "
+                              f"which cannot be packed; set pack_length: 0")
+        if kind not in component.architectures:
+            if component.two_stream:
+                raise RecipeError(f"objective {component.name!r} needs a model with a separate query stream; set "
+                                  f"model.architecture: encoder_decoder (a decoder-only model would see the token it "
+                                  f"predicts)")
+            if kind == "bert":
+                raise RecipeError(f"model.architecture = bert attends to every token, so it cannot train objective "
+                                  f"{component.name!r}; use mlm or mlm_u, or a causal architecture (gpt2, llama)")
+            raise RecipeError(f"objective {component.name!r} cannot train a {kind} model; use one of "
+                              f"{', '.join(sorted(component.architectures))}")
+        if kind != "causal" and (component.shift or component.keep_sink):
+            raise RecipeError(f"objective.shift / objective.keep_sink are for pretrained causal LMs; model.architecture "
+                              f"= {kind} predicts each position in place: set them to false")
 
 
 def _named_section(section: str, values: dict[str, Any], registry: dict[str, type]) -> tuple[str, dict[str, Any]]:
@@ -382,7 +510,9 @@ def _build_dataclass(section: str, cls: type, values: dict[str, Any]):
         checked[key] = check_type(f"{section}.{key}", value, hints[key])
     try:
         return cls(**checked)
-    except RecipeError:
+    except RecipeError as error:
+        if cls is MFTConfig:  # its messages name the bare field, as TrainingArguments' own do
+            raise RecipeError(f"{section}: {error}") from None
         raise
     except TypeError as error:  # a required field is missing
         missing = str(error).split("argument:")[-1].strip().strip("'") if "argument" in str(error) else str(error)

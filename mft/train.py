@@ -11,7 +11,7 @@ status 2 and one line on stderr that names the field and the fix.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -22,12 +22,14 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .collator import MFTCollator
-from .config import Recipe, RecipeError, load_recipe
+from .config import Recipe, load_recipe
+from .errors import MFTError, RecipeError
 from .data import TokenizedDataset, build_word_tokenizer, load_data_files, row_texts
 from .eval import flatten_metrics, write_report
 from .models import build_model, count_parameters, load_tokenizer
 from .models.loading import ensure_mask_token, ensure_pad_token, load_pretrained
 from .models.peft import apply_peft, quantization_config
+from .objectives import SpecialTokens
 from .trainer import MFTTrainer, QASet
 
 USAGE = "usage: python -m mft.train RECIPE.yaml [section.key=value ...]   e.g. training.max_steps=100"
@@ -46,30 +48,8 @@ def prepare(recipe: Recipe):
     if recipe.training.eval_strategy != "no" and not data.qa:
         raise RecipeError("training.eval_strategy asks for evaluation but there are no QA rows; add data.qa_file "
                           "or set training.eval_strategy=no")
-    if recipe.training.push_to_hub and not recipe.training.hub_model_id:
-        raise RecipeError("training.push_to_hub = true needs training.hub_model_id (e.g. your-name/mft-quickstart); "
-                          "set it, or push later with: mft push OUTPUT_DIR --repo-id ID")
-    resume = recipe.training.resume_from_checkpoint
-    if isinstance(resume, str) and not (Path(resume) / "trainer_state.json").is_file():
-        raise RecipeError(f"training.resume_from_checkpoint = {resume} is not a checkpoint folder (no "
-                          f"trainer_state.json); give a checkpoint-N folder, or true for the last one in output_dir")
-    if recipe.training.dataloader_persistent_workers:
-        raise RecipeError("training.dataloader_persistent_workers = true would keep every epoch's masks equal to "
-                          "the first epoch's; set it to false")
     pretrained = bool(recipe.model.name_or_path)
-    if recipe.peft.method == "qlora" and not pretrained:
-        raise RecipeError("peft.method = qlora quantizes a pretrained model as it loads; set model.name_or_path "
-                          "or use peft.method = lora / full")
-    if pretrained:
-        default_options_for_pretrained(recipe)
     objective = recipe.build_objective()
-    if recipe.model.attn_implementation == "flash_attention_2" and objective.bidirectional:
-        raise RecipeError(f"model.attn_implementation = flash_attention_2 cannot run objective "
-                          f"{recipe.objective_name!r}, whose attention is bidirectional; use sdpa or eager")
-    check_architecture(recipe, objective)
-    if recipe.model.attn_implementation == "flash_attention_2" and recipe.training.pack_length:
-        raise RecipeError("training.pack_length needs a 4D attention mask, which flash_attention_2 ignores; use sdpa "
-                          "or eager, or pack_length: 0")
     if pretrained:
         tokenizer = load_tokenizer(recipe.model)
         note = ensure_pad_token(tokenizer)
@@ -79,78 +59,26 @@ def prepare(recipe: Recipe):
         texts = [text for row in data.train + data.qa for text in row_texts(row)] + objective.vocabulary_texts()
         tokenizer = build_word_tokenizer(texts, add_bos_token=recipe.model.add_bos_token)
     train_dataset = TokenizedDataset.from_rows(tokenizer, data.train)
-    if recipe.training.pack_length:
-        longest_example = max(train_dataset.examples, key=lambda example: len(example["input_ids"]))
-        longest = max(len(row) for row in MFTCollator(recipe.build_objective(), tokenizer).rows(longest_example))
-        if longest > recipe.training.pack_length:
-            raise RecipeError(f"training.pack_length = {recipe.training.pack_length} is shorter than the longest "
-                              f"training row ({longest} tokens); raise it")
-    if not pretrained:  # rows can be longer than examples (masked_reconstruct shows a copy first)
-        longest_example = max(train_dataset.examples, key=lambda example: len(example["input_ids"]))
-        longest = max(len(row) for row in MFTCollator(recipe.build_objective(), tokenizer).rows(longest_example))
+    longest = longest_row(recipe.build_objective(), tokenizer, train_dataset)
+    if recipe.training.pack_length and longest > recipe.training.pack_length:
+        raise RecipeError(f"training.pack_length = {recipe.training.pack_length} is shorter than the longest "
+                          f"training row ({longest} tokens); raise it")
+    if not pretrained:
         if longest > recipe.model.max_position_embeddings:
             raise RecipeError(f"model.max_position_embeddings = {recipe.model.max_position_embeddings} is shorter "
                               f"than the longest training sequence ({longest} tokens); raise it")
     return data, tokenizer, objective, train_dataset
 
 
-def check_architecture(recipe: Recipe, objective) -> None:
-    """Refuse objective/model pairs that would train something else than asked, before any model
-    exists: PLM needs a two-stream model; BERT sees every token, so it serves masked objectives
-    only; shifted prediction and the attention sink are for pretrained causal LMs."""
-    from .objectives import Mixture
-
-    architecture = "pretrained" if recipe.model.name_or_path else recipe.model.architecture
-    components = list(objective.components) if isinstance(objective, Mixture) else [objective]
-    config_file = Path(recipe.model.name_or_path or "") / "config.json"
-    if architecture == "pretrained" and config_file.is_file():  # a saved run, maybe of the encoder-decoder
-        if json.loads(config_file.read_text()).get("model_type") == "mft_encoder_decoder":
-            architecture = "encoder_decoder"
-    if architecture == "pretrained" and not recipe.model.add_bos_token:
-        raise RecipeError("model.add_bos_token = false applies to from-scratch models (their task tokenizer); a "
-                          "pretrained model keeps its own tokenizer's start tokens: remove the field")
-    if architecture == "encoder_decoder" and len({c.bidirectional for c in components}) > 1:
-        raise RecipeError("model.architecture = encoder_decoder: a mixture cannot combine next-token objectives (the "
-                          "decoder asks for the next token) with masked ones (it asks for its own position); train one kind")
-    for component in components:
-        if not recipe.training.prompt_gradient and (component.bidirectional or architecture in ("bert", "encoder_decoder")):
-            raise RecipeError(f"training.prompt_gradient = false caches the prompt of causal rows; objective "
-                              f"{component.name!r} on model.architecture = {architecture} has none: set it to true")
-        if component.two_stream and recipe.training.pack_length:
-            raise RecipeError(f"training.pack_length: objective {component.name!r} brings its own attention masks, "
-                              f"which cannot be packed; set pack_length: 0")
-        if component.two_stream and architecture != "encoder_decoder":
-            raise RecipeError(f"objective {component.name!r} needs a model with a separate query stream; set "
-                              f"model.architecture: encoder_decoder (a decoder-only model would see the token it predicts)")
-        if architecture == "bert" and component.name not in ("mlm", "mlm_u"):
-            raise RecipeError(f"model.architecture = bert attends to every token, so it cannot train objective "
-                              f"{component.name!r}; use mlm or mlm_u, or a causal architecture (gpt2, llama)")
-        if architecture in ("bert", "encoder_decoder") and (getattr(component, "shift", False)
-                                                            or getattr(component, "keep_sink", False)):
-            raise RecipeError(f"objective.shift / objective.keep_sink are for pretrained causal LMs; model.architecture "
-                              f"= {architecture} predicts each position in place: set them to false")
-
-
-def default_options_for_pretrained(recipe: Recipe) -> None:
-    """Masked objectives on a pretrained causal LM predict token i from position i-1 (shift), which
-    keeps its LM head aligned, and keep the first token's attention causal (keep_sink, which keeps
-    its attention sink), unless the recipe says otherwise. Recorded in the resolved recipe."""
-    from .objectives import OBJECTIVES
-
-    def set_default(options: dict, name: str) -> None:
-        known = OBJECTIVES[name].options()
-        if "shift" in known and "shift" not in options:
-            options["shift"] = True
-        if "keep_sink" in known and "keep_sink" not in options:
-            options["keep_sink"] = bool(options.get("shift"))
-
-    if recipe.objective_name == "mixture":
-        component_options = recipe.objective_options.setdefault("options", {})
-        names = recipe.objective_options.get("mix") or (recipe.objective_options.get("route") or {}).values()
-        for name in dict.fromkeys(names):
-            set_default(component_options.setdefault(name, {}), name)
-    else:
-        set_default(recipe.objective_options, recipe.objective_name)
+def longest_row(objective, tokenizer, dataset: TokenizedDataset) -> int:
+    """The length of the longest row the objective makes from the longest example (rows can be
+    longer than examples: masked_reconstruct shows a masked copy first). A pretrained tokenizer gets
+    its mask token only with the model (`load_model`); lengths do not depend on its id."""
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    if special.mask_token_id is None:
+        special = dataclasses.replace(special, mask_token_id=tokenizer.eos_token_id)
+    longest_example = max(dataset.examples, key=lambda example: len(example["input_ids"]))
+    return max(len(row) for row in MFTCollator(objective, tokenizer, special=special).rows(longest_example))
 
 
 def checkpoint_to_resume(args) -> str | None:
@@ -170,7 +98,7 @@ def load_model(recipe: Recipe, tokenizer, objective):
     """The model, with a mask token when the objective needs one, wrapped for full/LoRA/QLoRA."""
     if not recipe.model.name_or_path:
         model = build_model(recipe.model, tokenizer)
-        return apply_peft(model, recipe.peft, gradient_checkpointing=recipe.training.gradient_checkpointing)
+        return apply_peft(model, recipe.peft, activation_checkpointing=recipe.training.activation_checkpointing)
     compute_dtype = torch.bfloat16 if recipe.training.bf16 else torch.float16 if recipe.training.fp16 else torch.float32
     quantization = quantization_config(recipe.peft, compute_dtype)
     model, _ = load_pretrained(
@@ -184,7 +112,7 @@ def load_model(recipe: Recipe, tokenizer, objective):
         if not had_mask_token:  # a reserved or new token: its embedding row must learn what a mask is
             trainable_tokens = [tokenizer.mask_token_id]
     model = apply_peft(model, recipe.peft, trainable_token_ids=trainable_tokens,
-                       gradient_checkpointing=recipe.training.gradient_checkpointing)
+                       activation_checkpointing=recipe.training.activation_checkpointing)
     if recipe.peft.method != "full":  # the adapter names the base as the recipe did, not a local cache path
         model.peft_config["default"].base_model_name_or_path = recipe.model.name_or_path
     return model
@@ -192,6 +120,7 @@ def load_model(recipe: Recipe, tokenizer, objective):
 
 def run(recipe: Recipe) -> dict[str, Any]:
     args = recipe.training
+    stage("preparing the data")
     data, tokenizer, objective, train_dataset = prepare(recipe)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -203,6 +132,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
         import deepspeed  # on CPU accelerate sets up torch.distributed only; ZeRO-3 asks deepspeed.comm
 
         deepspeed.init_distributed(dist_backend="gloo" if args.use_cpu else None)
+    stage("loading the model")
     model = load_model(recipe, tokenizer, objective)
     collator = MFTCollator(objective, tokenizer, seed=args.seed, pack_length=args.pack_length)
     trainable, total = count_parameters(model)
@@ -217,12 +147,14 @@ def run(recipe: Recipe) -> dict[str, Any]:
     args.hub_token = None     # and the token is never pickled into training_args.bin
     trainer = MFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=qa or None,
                          data_collator=collator, processing_class=tokenizer)
+    stage("training")
     started = time.time()
     trainer.train(resume_from_checkpoint=checkpoint_to_resume(args))
     train_seconds = time.time() - started
     trainer.save_model()
     trainer.save_state()  # trainer_state.json: the whole log history, also when no checkpoint was kept
 
+    stage("evaluating")
     results, predictions = {}, []
     if qa:
         results = trainer.evaluate_qa(qa, predictions)
@@ -231,6 +163,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
                          for entry in trainer.state.log_history)
         if not logged_now:  # the last step was not an eval step: record the final figures too
             trainer.log(final_metrics)
+    stage("writing the report")
     if trainer.is_world_process_zero():
         title = f"{recipe.objective_name} on {recipe.task_name or Path(recipe.data.train_file or recipe.data.train_dataset).name}"
         details = {"objective": recipe.objective_name, "decoding": trainer.decoding,
@@ -244,23 +177,74 @@ def run(recipe: Recipe) -> dict[str, Any]:
         if push:
             from .hub import push_run
 
+            stage("pushing to the Hub")
             url = push_run(output_dir, args.hub_model_id, token=hub_token, private=bool(args.hub_private_repo))
             print(f"mft: pushed {output_dir} to {url}", flush=True)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0: done; 2: a problem with the user's input (`MFTError`, one line); 1: a failure
+    nobody foresaw, reported in one line that names the stage, with the traceback in a file."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    recipe = None
     try:
-        recipe = load_recipe(argv[0], argv[1:])
+        with stage("reading the recipe"):
+            recipe = load_recipe(argv[0], argv[1:])
         run(recipe)
-    except RecipeError as error:
+    except MFTError as error:
         print(f"mft: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug or an environment failure: one line here, the traceback in a file
+        log = write_traceback(Path(recipe.training.output_dir) if recipe is not None else None)
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        print(f"mft: error while {stage.current}: {type(error).__name__}: {first_line} (full traceback: {log})",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+class _Stage:
+    """What the run is doing (`with stage("loading the model"): ...`), for the one-line report of an
+    unforeseen failure."""
+
+    current = "starting"
+
+    def __call__(self, name: str):
+        self.current = name
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *rest):
+        return False  # the name stays set when the block fails, so the report can say where
+
+
+stage = _Stage()
+
+
+def write_traceback(output_dir: Path | None) -> Path:
+    """The current exception's traceback, written to OUTPUT_DIR/error.log (a temporary file when
+    there is no run folder yet); returns the path."""
+    import tempfile
+    import traceback
+
+    text = traceback.format_exc()
+    if output_dir is not None:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            path = output_dir / "error.log"
+            path.write_text(text)
+            return path
+        except OSError:
+            pass
+    with tempfile.NamedTemporaryFile("w", prefix="mft-error-", suffix=".log", delete=False) as file:
+        file.write(text)
+    return Path(file.name)
 
 
 if __name__ == "__main__":

@@ -563,5 +563,5 @@ def test_prompt_gradient_false_trains_a_causal_objective_and_is_refused_elsewher
     assert "mft: done" in capsys.readouterr().out
     line = error_line(capsys, [write_recipe(tmp_path, raw), "objective.name=mlm_u"])
     assert "prompt_gradient" in line and "mlm_u" in line
-    line = error_line(capsys, [write_recipe(tmp_path, raw), "training.gradient_checkpointing=true"])
-    assert "prompt_gradient" in line and "gradient_checkpointing" in line
+    line = error_line(capsys, [write_recipe(tmp_path, raw), "training.activation_checkpointing=true"])
+    assert "prompt_gradient" in line and "activation_checkpointing" in line

@@ -12,13 +12,13 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from mft.config import RecipeError, load_recipe
+from mft.config import RecipeError, load_recipe, validate_recipe
 from mft.data import build_word_tokenizer, encode_row
 from mft.models.attention import attention_mask_4d
 from mft.models import encoder_decoder
 from mft.models.encoder_decoder import EncoderDecoderConfig, EncoderDecoderForMaskedPrediction
 from mft.objectives import PLM, SpecialTokens
-from mft.train import prepare, run
+from mft.train import run
 
 
 def tiny_model(cross_attention="last", seed=0, attention_sink=False):
@@ -189,7 +189,7 @@ def test_plm_without_predict_prompt_puts_the_prompt_first():
 
 # -- through mft.train ----------------------------------------------------------------------------
 
-def _recipe(tmp_path, objective, architecture="encoder_decoder", steps=200, **model):
+def _recipe(tmp_path, objective, architecture="encoder_decoder", steps=200, training=None, **model):
     recipe = {
         "task": {"name": "retrieval", "num_pairs": 16, "tokens_per_entity": 2, "query_fraction": 0.5, "seed": 0},
         "model": {"architecture": architecture, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -197,7 +197,7 @@ def _recipe(tmp_path, objective, architecture="encoder_decoder", steps=200, **mo
         "objective": objective,
         "training": {"output_dir": str(tmp_path / "run"), "max_steps": steps, "per_device_train_batch_size": 16,
                      "learning_rate": 3.0e-3, "logging_steps": 10, "eval_strategy": "no", "save_strategy": "no",
-                     "seed": 0, "use_cpu": True, "report_to": "none", "disable_tqdm": True},
+                     "seed": 0, "use_cpu": True, "report_to": "none", "disable_tqdm": True, **(training or {})},
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -244,23 +244,20 @@ def test_attention_sink_is_refused_for_other_architectures(tmp_path):
     ({"name": "mixture", "mix": {"ar": 0.5, "mlm_u": 0.5}}, "encoder_decoder", "cannot combine"),
 ])
 def test_impossible_objective_and_model_pairs_are_refused(tmp_path, objective, architecture, match):
+    """Refused while the recipe is read (`validate_recipe`), before any data or model exists."""
     objective = dict(objective)
     pack = objective.pop("pack", False)
-    recipe = _recipe(tmp_path, objective, architecture)
-    recipe.training.pack_length = 32 if pack else 0
     with pytest.raises(RecipeError, match=match):
-        prepare(recipe)
+        _recipe(tmp_path, objective, architecture, training={"pack_length": 32} if pack else {})
 
 
 def test_a_saved_encoder_decoder_run_may_continue_with_plm(tmp_path):
     """The two-stream check reads a saved model's config.json (no network, no loading)."""
-    from mft.train import check_architecture
-
     saved = tmp_path / "saved"
     tiny_model().save_pretrained(saved)
     recipe = _recipe(tmp_path, {"name": "plm"})
     recipe.model.name_or_path = str(saved)
-    check_architecture(recipe, recipe.build_objective())
+    validate_recipe(recipe)
     (saved / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(RecipeError, match="separate query stream"):
-        check_architecture(recipe, recipe.build_objective())
+        validate_recipe(recipe)
