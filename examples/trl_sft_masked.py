@@ -5,9 +5,10 @@
 This is a usual SFT script: SFTConfig, SFTTrainer, a dataset of prompt/completion rows that
 SFTTrainer tokenizes itself. The lines marked `# mft:` are the whole change:
 
-  * `MaskedSFTTrainer(MFTLossMixin, SFTTrainer)`: mft's loss (the weighted mean over the masked
+  * `MaskedSFTTrainer(MFTMixin, SFTTrainer)`: mft's loss (the weighted mean over the masked
     tokens, normalised over the whole optimizer step) replaces SFTTrainer's next-token loss;
-    SFTTrainer keeps everything else (dataset preparation, optimizer, logging, checkpoints).
+    and QA evaluation by generation; SFTTrainer keeps everything else (dataset preparation,
+    optimizer, logging, checkpoints).
   * `data_collator=SFTRowsCollator(MLMU(), tokenizer)`: masks each tokenized row at a rate drawn
     from U(0, 1) and builds the bidirectional attention masks. (SFTTrainer's `labels` only give the
     prompt's length; the objective makes its own labels.)
@@ -27,12 +28,11 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from mft import MLMU, QASet  # mft
+from mft import MLMU, MFTMixin, QASet, SFTRowsCollator  # mft
 from mft.data import RetrievalTask, build_word_tokenizer, row_texts
-from mft import MFTLossMixin, SFTRowsCollator  # mft
 
 
-class MaskedSFTTrainer(MFTLossMixin, SFTTrainer):  # mft: mft's loss and QA evaluation, SFTTrainer for the rest
+class MaskedSFTTrainer(MFTMixin, SFTTrainer):  # mft: mft's loss and QA evaluation, SFTTrainer for the rest
     pass
 
 

@@ -8,16 +8,17 @@ gets the same mask in the same epoch whatever the batch, worker, process or resu
 mask in every new epoch. Without them (the collator used alone in another script) a collator-level
 generator seeded once is used (re-keyed in each DataLoader worker).
 
-Output batch:
+Output batch (`Batch`):
     input_ids      [B, L]  padded with the pad token
     labels         [B, L]  aligned with the logits (see `mft.objectives.base`), IGNORE on padding
     loss_weights   [B, L]  float, 0 on padding
-    attention_mask [B, L]  when every row is causal (plain padding mask; fast attention paths stay on)
+    attention_mask [B, L]  when every row is causal: the plain padding mask, so that the attention
+                   kernels' causal fast paths (is_causal, flash-attention) stay on;
                    [B, 1, L, L] bool otherwise (see `mft.models.attention`), or the rows' own
                    custom masks where they bring one
     query_attention_mask [B, 1, L, L] bool, when rows bring a query-stream mask (PLM); rows without
                    one get their attention mask without its diagonal (the two-stream model's rule)
-    source_ids     [B]     mixtures only: the index of the component that made each row
+    source_ids     [B, L]  mixtures only: the index of the component that made each token, -1 on padding
 
 Packing (`pack_length=N`): the rows of a batch are laid one after another into rows of exactly N
 tokens (first fit, in order), each attending only inside itself under its own rule (block-diagonal
@@ -29,12 +30,25 @@ short documents. The batch then also carries
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
 from .models.attention import attention_mask_4d, packed_attention_mask
 from .objectives import IGNORE, Objective, Row, SpecialTokens, example_generator
+from .errors import RecipeError
+
+
+class Batch(TypedDict, total=False):
+    """What `MFTCollator` returns (see the module docstring for each key's shape and meaning)."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    loss_weights: torch.Tensor
+    attention_mask: torch.Tensor
+    query_attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    source_ids: torch.Tensor
 
 
 class MFTCollator:
@@ -43,7 +57,7 @@ class MFTCollator:
                  pack_length: int = 0):
         if special is None:
             if tokenizer is None:
-                raise ValueError("MFTCollator needs a tokenizer or SpecialTokens")
+                raise RecipeError("MFTCollator needs a tokenizer or SpecialTokens")
             special = SpecialTokens.from_tokenizer(tokenizer)
         if pad_token_id is None:
             pad_token_id = tokenizer.pad_token_id if tokenizer is not None else None
@@ -74,17 +88,13 @@ class MFTCollator:
             self._worker_seed = info.seed
         return self._fallback_generator
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: list[dict[str, Any]]) -> Batch:
         rows = self.objective.batch_rows(examples, [self.generator(example) for example in examples])
         if self.pack_length:
             return self.pack(rows)
-        batch = self.pad(rows)
-        sources = getattr(self.objective, "component_names", None)
-        if sources:  # a mixture: which component made each row, for per-objective loss logs
-            batch["source_ids"] = torch.tensor([sources.index(row.source) for row in rows])
-        return batch
+        return self.pad(rows)
 
-    def pad(self, rows: list[Row]) -> dict[str, torch.Tensor]:
+    def pad(self, rows: list[Row]) -> Batch:
         length = max(len(row) for row in rows)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -113,6 +123,9 @@ class MFTCollator:
                 n = len(row)
                 attention_mask[b, 0, :n, :n] = row.attention
         batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "attention_mask": attention_mask}
+        names = getattr(self.objective, "component_names", None)
+        if names:  # a mixture: which component made each token, for per-objective loss logs
+            batch["source_ids"] = torch.where(key_valid, torch.tensor([names.index(row.source) for row in rows])[:, None], -1)
         if any(row.query_attention is not None for row in rows):
             eye = torch.eye(length, dtype=torch.bool)
             query_mask = attention_mask & ~eye
@@ -124,17 +137,17 @@ class MFTCollator:
             batch["query_attention_mask"] = query_mask
         return batch
 
-    def pack(self, rows: list[Row]) -> dict[str, torch.Tensor]:
+    def pack(self, rows: list[Row]) -> Batch:
         length = self.pack_length
         bins: list[list[Row]] = []
         used: list[int] = []
         if any(row.attention is not None for row in rows):
-            raise ValueError("training.pack_length: rows with their own attention masks (plm) cannot be packed; "
-                             "set pack_length: 0")
+            raise RecipeError("training.pack_length: rows with their own attention masks (plm) cannot be packed; "
+                              "set pack_length: 0")
         for row in rows:  # first fit, in order
             if len(row) > length:
-                raise ValueError(f"a training row of {len(row)} tokens is longer than training.pack_length = "
-                                 f"{length}; raise pack_length or shorten the data")
+                raise RecipeError(f"a training row of {len(row)} tokens is longer than training.pack_length = "
+                                  f"{length}; raise pack_length or shorten the data")
             target = next((i for i, n in enumerate(used) if n + len(row) <= length), None)
             if target is None:
                 bins.append([])
@@ -152,7 +165,7 @@ class MFTCollator:
         hidden = torch.zeros(shape, dtype=torch.bool)
         sink_start = torch.zeros(shape, dtype=torch.bool)
         names = getattr(self.objective, "component_names", None)
-        sources = torch.full(shape, -1, dtype=torch.long)  # per token here: a packed row mixes components
+        sources = torch.full(shape, -1, dtype=torch.long)
         for b, packed in enumerate(bins):
             start = 0
             for index, row in enumerate(packed):
@@ -176,20 +189,34 @@ class MFTCollator:
 
 class SFTRowsCollator(MFTCollator):
     """`MFTCollator` for the rows TRL's `SFTTrainer` tokenizes: {"input_ids", "labels"}, the labels
-    IGNORE on the prompt (`completion_only_loss`). mft's objectives read a prompt length instead:
-    the tokens before the first label (0 when every token is a label; with `assistant_only_loss` on
-    a multi-turn chat, everything before the first assistant token). The labels themselves are not
-    used (the objective makes its own); rows that carry `prompt_length` pass unchanged."""
+    IGNORE on the prompt (`completion_only_loss`), or {"input_ids", "completion_mask"}. mft's
+    objectives read a prompt length instead: the tokens before the first label (or the first 1 of
+    `completion_mask`); 0 when every token is a label; with `assistant_only_loss` on a multi-turn
+    chat, everything before the first assistant token. The labels themselves are not used (the
+    objective makes its own); rows that carry `prompt_length` pass unchanged. A row with none of
+    these is plain text, which an objective that reads the prompt (`predict_prompt: false`,
+    masked_sft, a routed mixture) refuses: it would silently train something else."""
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return super().__call__([self.example(row) for row in examples])
+        rows = [self.example(row) for row in examples]
+        if self.objective.reads_prompt and any("prompt_length" not in row for row in rows):
+            raise RecipeError(f"objective {self.objective.name!r} needs to know where each row's prompt ends, but a "
+                              f"row has no labels, completion_mask or prompt_length; tokenize prompt/completion rows "
+                              f"with completion_only_loss (TRL's default for them)")
+        return super().__call__(rows)
 
     @staticmethod
     def example(row: dict[str, Any]) -> dict[str, Any]:
-        if "prompt_length" in row or "labels" not in row:
+        if "prompt_length" in row:
             return row
-        labels = list(row["labels"])
-        prompt_length = next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
-        example = {key: value for key, value in row.items() if key != "labels"}
+        if "labels" in row:
+            marks, predicted = row["labels"], lambda label: label != IGNORE
+        elif "completion_mask" in row:
+            marks, predicted = row["completion_mask"], lambda mark: mark == 1
+        else:
+            return row
+        marks = list(marks)
+        prompt_length = next((i for i, mark in enumerate(marks) if predicted(mark)), len(marks))
+        example = {key: value for key, value in row.items() if key not in ("labels", "completion_mask")}
         example["prompt_length"] = prompt_length
         return example

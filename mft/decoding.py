@@ -4,8 +4,9 @@
 
 `masked`: left-to-right masked decoding, as in the factorization-curse paper. Given the context
 x_<n, append one mask slot at position n, run the model with bidirectional attention (the slot is
-not a key for anyone, see `mft.objectives.masked`; with `keep_sink` position 0 sees only itself, as
-in training), take the arg-max token at the slot, write it in,
+not a key for anyone, see `mft.objectives.masked`, unless the model was trained with
+`attend_to_masked`; with `keep_sink` position 0 sees only itself, as in training), take the arg-max
+token at the slot, write it in,
 and repeat with the next slot until the end-of-sequence token or `max_new_tokens`. This asks the
 model exactly what MLM-U training asked it: predict a masked token from the visible ones.
 Special tokens other than EOS (mask, pad, bos, ...) are never generated.
@@ -24,6 +25,8 @@ from __future__ import annotations
 import torch
 
 from .models.attention import attention_implementation, attention_mask_4d, to_model_mask
+from .objectives import DECODINGS
+from .errors import RecipeError
 
 
 @torch.no_grad()
@@ -66,12 +69,13 @@ def _greedy_without_cache(model, input_ids, attention_mask, max_new_tokens: int,
 
 @torch.no_grad()
 def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-                    shift: bool = False, keep_sink: bool = False) -> list[list[int]]:
+                    shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False) -> list[list[int]]:
     """Left-to-right masked decoding (one mask slot at a time), greedy; see the module docstring.
     With `shift` (a model trained with a shifted masked objective) the slot's token is read from
-    the logits one position to its left."""
+    the logits one position to its left; with `attend_to_masked` the slot is an attention key, as
+    masked positions were in training."""
     if tokenizer.mask_token_id is None:
-        raise ValueError("masked decoding needs a tokenizer with a mask token")
+        raise RecipeError("masked decoding needs a tokenizer with a mask token")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -92,7 +96,7 @@ def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
         for b, row in enumerate(rows):
             input_ids[b, : len(row)] = torch.tensor(row)
             key_valid[b, : len(row)] = True
-            hidden[b, len(row) - 1] = True
+            hidden[b, len(row) - 1] = not attend_to_masked
         mask = attention_mask_4d(key_valid, torch.zeros(len(rows), dtype=torch.bool), hidden,
                                  torch.full((len(rows),), keep_sink))
         logits = model(input_ids=input_ids.to(device), attention_mask=to_model_mask(mask.to(device), attention_implementation(model), dtype)).logits
@@ -112,11 +116,12 @@ def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 
 @torch.no_grad()
 def generate_masked_any_order(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-                              shift: bool = False, keep_sink: bool = False) -> list[list[int]]:
+                              shift: bool = False, keep_sink: bool = False,
+                              attend_to_masked: bool = False) -> list[list[int]]:
     """Greedy masked decoding, most confident slot first; see the module docstring. With `shift`
     the slot at p is read from the logits at p - 1, as in `generate_masked`."""
     if tokenizer.mask_token_id is None:
-        raise ValueError("masked decoding needs a tokenizer with a mask token")
+        raise RecipeError("masked decoding needs a tokenizer with a mask token")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -139,7 +144,8 @@ def generate_masked_any_order(model, tokenizer, prompts: list[list[int]], max_ne
         open_slots = is_slot & key_valid & (input_ids == tokenizer.mask_token_id)
         if not open_slots.any():
             break
-        mask = attention_mask_4d(key_valid, torch.zeros(batch, dtype=torch.bool), open_slots,
+        mask = attention_mask_4d(key_valid, torch.zeros(batch, dtype=torch.bool),
+                                 torch.zeros_like(open_slots) if attend_to_masked else open_slots,
                                  torch.full((batch,), keep_sink))
         logits = model(input_ids=input_ids.to(device),
                        attention_mask=to_model_mask(mask.to(device), attention_implementation(model), dtype)).logits
@@ -167,15 +173,23 @@ def generate_masked_any_order(model, tokenizer, prompts: list[list[int]], max_ne
 
 
 def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_tokens: int, batch_size: int = 64,
-             shift: bool = False, keep_sink: bool = False):
+             shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False) -> list[list[int]]:
+    """Greedy answers (token ids, without the prompt, cut at EOS) to `prompts`, `batch_size` at a
+    time, by the `decoding` method (one of `DECODINGS`). `shift`, `keep_sink` and
+    `attend_to_masked` are the rules the model was trained with (`Objective.decoding_options()`);
+    causal decoding needs none of them."""
+    if decoding not in DECODINGS:
+        raise RecipeError(f"decoding = {decoding!r} is not a decoding method; use one of {', '.join(DECODINGS)}")
+    if max_new_tokens < 1:
+        raise RecipeError(f"max_new_tokens = {max_new_tokens}; answers need at least 1 new token")
+    masked_rules = {"shift": shift, "keep_sink": keep_sink, "attend_to_masked": attend_to_masked}
     answers = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         if decoding == "masked":
-            answers.extend(generate_masked(model, tokenizer, batch, max_new_tokens, shift=shift, keep_sink=keep_sink))
+            answers.extend(generate_masked(model, tokenizer, batch, max_new_tokens, **masked_rules))
         elif decoding == "masked_any_order":
-            answers.extend(generate_masked_any_order(model, tokenizer, batch, max_new_tokens, shift=shift,
-                                                     keep_sink=keep_sink))
+            answers.extend(generate_masked_any_order(model, tokenizer, batch, max_new_tokens, **masked_rules))
         else:
             answers.extend(generate_causal(model, tokenizer, batch, max_new_tokens))
     return answers

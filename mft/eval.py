@@ -15,9 +15,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .data.schema import DIRECTIONS
+from .config import MFTConfig, mft_option, read_yaml
+from .data.schema import DIRECTIONS, read_rows, validate_qa_row
 from .data.tokenize import encode_prompt
 from .decoding import generate
+from .errors import RecipeError
+from .objectives import Objective, build_objective
 
 
 def normalize(text: str) -> str:
@@ -53,18 +56,20 @@ def rouge1_recall(prediction: str, reference: str) -> float:
     return sum(overlap.values()) / sum(reference_words.values())
 
 
-def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str, max_new_tokens: int = 16,
-                batch_size: int = 64, shift: bool = False, keep_sink: bool = False,
+def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str,
+                max_new_tokens: int = MFTConfig.max_new_tokens, batch_size: int = 64, shift: bool = False,
+                keep_sink: bool = False, attend_to_masked: bool = False,
                 predictions: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Exact match and ROUGE-1 recall per direction (and the incorrect-inference rate where QA rows give
     an `incorrect_answer`); each answer given is appended to `predictions`
-    (question, answer, direction, prediction, exact_match) when a list is passed."""
+    (question, answer, direction, prediction, exact_match) when a list is passed. `shift`,
+    `keep_sink`, `attend_to_masked`: the rules the model was trained with (see `mft.decoding.generate`)."""
     was_training = model.training
     model.eval()
     try:
         prompts = [encode_prompt(tokenizer, item["question"]) for item in qa]
         answers = generate(model, tokenizer, prompts, decoding, max_new_tokens, batch_size, shift=shift,
-                           keep_sink=keep_sink)
+                           keep_sink=keep_sink, attend_to_masked=attend_to_masked)
     finally:
         model.train(was_training)
     texts = [tokenizer.decode(answer, skip_special_tokens=True) for answer in answers]
@@ -163,14 +168,65 @@ def plot_history(history: dict[str, list[tuple[int, float]]], path: Path, title:
     return True
 
 
-def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | None = None, max_new_tokens: int = 32,
-                 batch_size: int = 32) -> dict[str, dict[str, Any]]:
-    """`mft eval`: answer the questions of `qa_file` with a finished run's model. The decoding and
-    the objective's shift and keep_sink default to the run's resolved recipe."""
-    from .config import RecipeError, read_yaml
-    from .data.schema import read_rows, validate_qa_row
+class QASet(list):
+    """Evaluation questions: a list of {"question", "answer", "direction"} answered by generation."""
+
+
+class QAEvaluationMixin:
+    """For a `transformers.Trainer` subclass: `evaluate` on a `QASet` answers the questions by
+    generation and logs exact match and ROUGE-1 recall per direction (other eval datasets get the
+    Trainer's usual loss evaluation). The decoding follows the collator's objective (its natural
+    decoding and training rules) unless the arguments set `decoding`; `max_new_tokens` comes from
+    the arguments (`MFTConfig`)."""
+
+    @property
+    def objective(self):
+        return getattr(self.data_collator, "objective", None)
+
+    @property
+    def decoding(self) -> str:
+        chosen = getattr(self.args, "decoding", None)
+        if chosen:
+            return chosen
+        return self.objective.decoding if self.objective is not None else "causal"
+
+    def evaluate_qa(self, qa: list[dict[str, str]], predictions: list | None = None) -> dict[str, dict[str, Any]]:
+        model = self.accelerator.unwrap_model(self.model)
+        rules = self.objective.decoding_options() if self.objective is not None else {}
+        return evaluate_qa(model, self.processing_class, qa, self.decoding, mft_option(self.args, "max_new_tokens"),
+                           self.args.per_device_eval_batch_size, predictions=predictions, **rules)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if not isinstance(dataset, QASet):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        metrics = flatten_metrics(self.evaluate_qa(dataset), metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def run_decoding(output_dir: str | Path) -> tuple[Objective, str | None, int]:
+    """(objective, decoding chosen in the recipe or None, max_new_tokens) of a finished run, from its
+    resolved recipe; a run without one is refused: its model's decoding rules would be unknown."""
+    path = Path(output_dir) / "resolved_recipe.yaml"
+    if not path.is_file():
+        raise RecipeError(f"{output_dir} has no resolved_recipe.yaml, which says how its model must be decoded; "
+                          f"give the training.output_dir of a run made by mft train")
+    raw = read_yaml(path.read_text()) or {}
+    section = dict(raw.get("objective") or {})
+    if "name" not in section:
+        raise RecipeError(f"{path} has no objective.name; it is not a resolved recipe of mft train")
+    objective = build_objective(section.pop("name"), **section)
+    training = raw.get("training") or {}
+    return objective, training.get("decoding"), training.get("max_new_tokens") or MFTConfig.max_new_tokens
+
+
+def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | None = None,
+                 max_new_tokens: int | None = None, batch_size: int = 32) -> dict[str, dict[str, Any]]:
+    """`mft eval`: answer the questions of `qa_file` with a finished run's model. The decoding, the
+    answer length and the objective's decoding rules default to the run's resolved recipe."""
     from .models import load_trained
-    from .objectives import build_objective, default_decoding
 
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
@@ -180,11 +236,8 @@ def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | No
     qa = [validate_qa_row(location, row) for location, row in read_rows(qa_file, "--qa")]
     if not qa:
         raise RecipeError(f"--qa {qa_file} has no rows")
-    recipe_path = output_dir / "resolved_recipe.yaml"
-    objective_section = dict((read_yaml(recipe_path.read_text()) or {}).get("objective", {})) if recipe_path.is_file() else {}
-    objective = build_objective(objective_section.pop("name"), **objective_section) if objective_section else None
-    decoding = decoding or (default_decoding(objective) if objective is not None else "causal")
+    objective, run_decoding_method, run_max_new_tokens = run_decoding(output_dir)
+    decoding = decoding or run_decoding_method or objective.decoding
+    max_new_tokens = max_new_tokens or run_max_new_tokens
     model, tokenizer = load_trained(output_dir)
-    return evaluate_qa(model, tokenizer, qa, decoding, max_new_tokens, batch_size,
-                       shift=bool(getattr(objective, "shift", False)),
-                       keep_sink=bool(getattr(objective, "keep_sink", False)))
+    return evaluate_qa(model, tokenizer, qa, decoding, max_new_tokens, batch_size, **objective.decoding_options())

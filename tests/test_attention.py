@@ -284,9 +284,9 @@ def test_masked_gqa_runs_without_key_value_copies_and_gives_the_same_gradients(a
     assert "TRANSFORMERS_SDPA_FORCE_GQA" not in __import__("os").environ  # only inside the block
     net.zero_grad(set_to_none=True)  # the model is shared with the other tests
     # under gradient checkpointing the backward pass recomputes outside the block: left alone
-    net.gradient_checkpointing_enable()
+    net.activation_checkpointing_enable()
     try:
         with masked_gqa_without_copies(net, mask):
             assert "TRANSFORMERS_SDPA_FORCE_GQA" not in __import__("os").environ
     finally:
-        net.gradient_checkpointing_disable()
+        net.activation_checkpointing_disable()

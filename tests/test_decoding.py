@@ -345,7 +345,8 @@ def test_evaluate_qa_exact_match(tokenizer, monkeypatch):
     answers[-1] = answers[-1] + [tokenizer.eos_token_id]
     calls = []
 
-    def fake_generate(model, tok, prompts, decoding, max_new_tokens, batch_size=64, shift=False, keep_sink=False):
+    def fake_generate(model, tok, prompts, decoding, max_new_tokens, batch_size=64, shift=False, keep_sink=False,
+                      attend_to_masked=False):
         calls.append((prompts, decoding, max_new_tokens))
         assert prompts == [encode_prompt(tokenizer, item["question"]) for item in qa]
         return [list(a) for a in answers]

@@ -26,7 +26,8 @@ def examples(count: int, epoch: int = 0) -> list[dict]:
 def test_per_example_draws_follow_the_weights():
     collator = MFTCollator(Mixture(mix={"ar": 0.25, "mlm_u": 0.75}), TOKENIZER, seed=0)
     batch = collator(examples(4000))
-    sources = batch["source_ids"]
+    sources = batch["source_ids"][:, 0]  # per token; every token of a row has its row's component
+    assert (batch["source_ids"] == sources[:, None]).all()
     assert abs((sources == 1).float().mean().item() - 0.75) < 0.03
     # each row is what its component makes: causal AR rows, bidirectional MLM-U rows with masks
     mask = batch["attention_mask"]
@@ -44,12 +45,12 @@ def test_per_batch_draws_one_component_per_batch():
     collator = MFTCollator(Mixture(mix={"ar": 0.5, "mlm_u": 0.5}, per="batch"), TOKENIZER, seed=0)
     chosen = []
     for epoch in range(200):
-        sources = collator(examples(8, epoch))["source_ids"]
+        sources = collator(examples(8, epoch))["source_ids"][:, 0]
         assert (sources == sources[0]).all()
         chosen.append(sources[0].item())
     assert 0.35 < sum(chosen) / len(chosen) < 0.65
     again = MFTCollator(Mixture(mix={"ar": 0.5, "mlm_u": 0.5}, per="batch"), TOKENIZER, seed=0)
-    assert [again(examples(8, epoch))["source_ids"][0].item() for epoch in range(200)] == chosen
+    assert [again(examples(8, epoch))["source_ids"][0, 0].item() for epoch in range(200)] == chosen
 
 
 def test_component_options_reach_the_components():
@@ -123,7 +124,7 @@ def test_route_sends_each_row_kind_to_its_objective():
     text = examples(3)
     prompted = [{**example, "prompt_length": 4, "example_index": 10 + i} for i, example in enumerate(examples(3))]
     batch = collator(text + prompted)
-    assert batch["source_ids"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert batch["source_ids"][:, 0].tolist() == [0, 0, 0, 1, 1, 1]
     for row in range(3, 6):  # completion-only AR: nothing inside the prompt is a target
         targets = (batch["labels"][row] != -100).nonzero().flatten()
         assert targets.min() >= 3

@@ -39,7 +39,7 @@ def test_mistral_wiki_recipe_trains_109m_lora_parameters_on_mistral_7b(tmp_path)
     assert recipe.model.name_or_path == "mistralai/Mistral-7B-v0.1"
     assert (recipe.peft.method, recipe.peft.r, recipe.peft.alpha) == ("lora", 256, 256)
     args = recipe.training
-    assert args.learning_rate == 1e-4 and args.weight_decay == 0.0 and args.bf16 and args.gradient_checkpointing
+    assert args.learning_rate == 1e-4 and args.weight_decay == 0.0 and args.bf16 and args.activation_checkpointing
     assert args.get_warmup_steps(10_000) == 100  # 1% warm-up
     with torch.device("meta"):
         model = MistralForCausalLM(MistralConfig(**MISTRAL_7B))
@@ -130,7 +130,7 @@ def test_gradient_checkpointing_with_lora_keeps_loss_and_updates(tmp_path, objec
     for checkpointing in (False, True):
         trainer = make_trainer(tmp_path / str(checkpointing), objective, OBJECTIVES[objective], lora=True,
                                max_steps=2, optim="sgd", learning_rate=0.5, logging_steps=1,
-                               gradient_checkpointing=checkpointing)
+                               activation_checkpointing=checkpointing)
         before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters() if p.requires_grad])
         trainer.train()
         after = torch.cat([p.detach().flatten() for p in trainer.model.parameters() if p.requires_grad])

@@ -10,7 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from mft import MFTCollator, MFTConfig, MFTTrainer
 from mft.data import FactsTask, TokenizedDataset, build_word_tokenizer, row_texts
 from mft.objectives import build_objective
-from mft.trainer import keep_predicted_hidden_states, prompt_lengths
+from mft.loss import keep_predicted_hidden_states, prompt_lengths
 
 ROWS = FactsTask(num_people=12, qa_fraction=0.5, seed=0).build().train  # documents and prompt/completion rows
 OBJECTIVES = {
@@ -178,5 +178,5 @@ def test_prompt_without_gradient_refuses_bidirectional_rows_and_checkpointing(tm
     trainer.model.train()
     with pytest.raises(ValueError, match="prompt_gradient"):
         trainer.compute_loss(trainer.model, dict(batch))
-    with pytest.raises(ValueError, match="gradient_checkpointing"):
-        MFTConfig(output_dir=str(tmp_path), use_cpu=True, prompt_gradient=False, gradient_checkpointing=True)
+    with pytest.raises(ValueError, match="activation_checkpointing"):
+        MFTConfig(output_dir=str(tmp_path), use_cpu=True, prompt_gradient=False, activation_checkpointing=True)

@@ -1,0 +1,55 @@
+"""Atomic checkpoints for any `transformers.Trainer` subclass.
+
+Each checkpoint is written into `OUTPUT_DIR/.checkpoint-staging/` and renamed to `checkpoint-N`
+only once complete, so a run killed while saving leaves its previous checkpoint as the last one,
+and `resume_from_checkpoint` never picks up a half-written folder. (Written by hand: the Trainer
+writes checkpoint-N in place.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+STAGING_DIR = ".checkpoint-staging"
+
+
+class AtomicCheckpointMixin:
+    """Put it before the Trainer among the bases: `class T(AtomicCheckpointMixin, Trainer)`."""
+
+    _staging = False  # True while a checkpoint is being written
+
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written into the staging folder (every process writes its part
+        there), then renamed into place by the main process: a checkpoint-N folder is always complete."""
+        run_dir = self._get_output_dir(trial)
+        staging = os.path.join(run_dir, STAGING_DIR)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed save left behind
+        self.accelerator.wait_for_everyone()
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            final = os.path.join(run_dir, name)
+            best = self.state.best_model_checkpoint
+            if best and os.path.abspath(best) == os.path.abspath(os.path.join(staging, name)):
+                self.state.best_model_checkpoint = final  # where it will be, also in its saved state
+                self.state.save_to_json(os.path.join(staging, name, TRAINER_STATE_NAME))
+            if os.path.isdir(final):  # the same step saved twice (e.g. after a resume): keep the newer
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
