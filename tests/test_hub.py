@@ -17,8 +17,8 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import filter_repo_objects
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mft.config import RecipeError
 from mft.data import build_word_tokenizer
+from mft.errors import HubError, MFTError, RecipeError
 from mft.hub import files_to_push, model_card, push_run, redact
 
 TOKEN = "hf_SuperSecretPushToken123"
@@ -233,11 +233,100 @@ def test_model_card_mask_token_none_and_local_base(full_run):
     assert "| mask token | none |" in card and '"causal"' in card
 
 
+def edit_recipe(output_dir: Path, **sections) -> None:
+    """Replace (None: delete) sections of the run's resolved_recipe.yaml; `training` is updated, not replaced."""
+    recipe = yaml.safe_load((output_dir / "resolved_recipe.yaml").read_text())
+    for name, section in sections.items():
+        if section is None:
+            recipe.pop(name, None)
+        elif name == "training":
+            recipe["training"].update(section)
+        else:
+            recipe[name] = section
+    (output_dir / "resolved_recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+
+def usage_line(card: str) -> str:
+    return next(line for line in card.splitlines() if line.startswith("answer = generate("))
+
+
+def test_card_snippet_uses_the_runs_max_new_tokens(full_run):
+    edit_recipe(full_run, training={"max_new_tokens": 7})
+    card = model_card(full_run, repo_id=REPO)
+    assert usage_line(card) == 'answer = generate(model, tokenizer, [prompt], "masked", max_new_tokens=7)[0]'
+    assert "| training.max_new_tokens | 7 |" in card
+
+
+def test_card_snippet_default_max_new_tokens_is_mftconfigs(full_run):
+    from mft.config import MFTConfig
+
+    recipe = yaml.safe_load((full_run / "resolved_recipe.yaml").read_text())
+    del recipe["training"]["max_new_tokens"]
+    (full_run / "resolved_recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert f"max_new_tokens={MFTConfig.max_new_tokens})" in usage_line(model_card(full_run))
+
+
+def test_card_snippet_repeats_the_objectives_decoding_rules(full_run):
+    edit_recipe(full_run, objective={"name": "mlm_u", "shift": True, "keep_sink": True, "attend_to_masked": True})
+    assert usage_line(model_card(full_run)) == ('answer = generate(model, tokenizer, [prompt], "masked", '
+                                                'max_new_tokens=16, shift=True, keep_sink=True, '
+                                                'attend_to_masked=True)[0]')
+    edit_recipe(full_run, objective={"name": "mlm_u", "attend_to_masked": True})
+    assert usage_line(model_card(full_run)).endswith('"masked", max_new_tokens=16, attend_to_masked=True)[0]')
+
+
+def test_card_snippet_uses_the_runs_decoding(full_run):
+    edit_recipe(full_run, training={"decoding": "masked_any_order", "max_new_tokens": 5})
+    card = model_card(full_run)
+    assert usage_line(card).endswith('"masked_any_order", max_new_tokens=5)[0]')
+    assert "generate_masked_any_order" in card
+
+
+def test_card_without_an_objective_decodes_causally(full_run):
+    edit_recipe(full_run, objective=None)
+    card = model_card(full_run)
+    assert usage_line(card).endswith('"causal", max_new_tokens=16)[0]') and "is unknown" not in card
+
+
+def test_card_of_an_unknown_objective_says_the_decoding_is_unknown(full_run):
+    edit_recipe(full_run, objective={"name": "objective_from_the_future", "alpha": 2})
+    card = model_card(full_run, repo_id=REPO)  # still written
+    assert usage_line(card).endswith("[prompt], decoding, max_new_tokens=16)[0]")
+    assert "decoding = None  # unknown" in card and '"causal", max_new_tokens' not in card
+    assert "How this model must be decoded is unknown" in card and "`objective_from_the_future`" in card
+    # a causal decoding chosen in the recipe needs no rules: it is written as it is
+    edit_recipe(full_run, training={"decoding": "causal"})
+    card = model_card(full_run)
+    assert usage_line(card).endswith('"causal", max_new_tokens=16)[0]') and "is unknown" not in card
+    # a masked one does: the method is written, and the card says its rules are unknown
+    edit_recipe(full_run, training={"decoding": "masked"})
+    card = model_card(full_run)
+    assert usage_line(card).endswith('"masked", max_new_tokens=16)[0]')
+    assert "cannot say the decoding rules (`shift`, `keep_sink`, `attend_to_masked`)" in card
+
+
+def test_card_of_an_unknown_decoding_name_writes_no_decoding(full_run):
+    edit_recipe(full_run, training={"decoding": "beam_search"})
+    card = model_card(full_run)
+    assert "training.decoding = 'beam_search' is not a decoding method" in card
+    assert usage_line(card).endswith("[prompt], decoding, max_new_tokens=16)[0]")
+
+
+def test_card_of_a_builtin_base_model_names_its_hub_model(full_run):
+    from mft.models.loading import BUILTIN_MODELS
+
+    edit_recipe(full_run, model={"name_or_path": "smollm2-135m", "architecture": "llama"})
+    card = model_card(full_run)
+    assert BUILTIN_MODELS["smollm2-135m"].hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert ModelCard(card).data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "(mft built-in `smollm2-135m`, SmolLM2-135M-Instruct.Q4_1.gguf dequantized)" in card
+
+
 # ---------------------------------------------------------------------------------------------
 # secrets
 
 
-def test_redact_removes_token_keys_at_any_depth():
+def test_redact_removes_credential_keys_at_any_depth():
     recipe = {"training": {"hub_token": "secret123", "push_to_hub_token": "s2", "max_new_tokens": 16,
                            "include_num_input_tokens_seen": "all", "learning_rate": 1e-3},
               "task": {"tokens_per_entity": 2},
@@ -247,6 +336,16 @@ def test_redact_removes_token_keys_at_any_depth():
                                   "learning_rate": 1e-3},
                      "task": {"tokens_per_entity": 2}, "extra": [{"keep": 1}]}
     assert recipe["training"]["hub_token"] == "secret123"  # the input is not changed
+
+
+def test_redact_keeps_string_options_whose_name_contains_token():
+    recipe = {"objective": {"name": "mlm_u", "mask_token_text": "<m>"},
+              "task": {"name": "facts", "separator_token": "|"},
+              "model": {"pad_token": "<pad>"},
+              "training": {"hub_token": "secret123", "note": TOKEN}}  # a value shaped like a Hub token goes too
+    assert redact(recipe) == {"objective": {"name": "mlm_u", "mask_token_text": "<m>"},
+                              "task": {"name": "facts", "separator_token": "|"},
+                              "model": {"pad_token": "<pad>"}, "training": {}}
 
 
 def test_a_token_in_the_recipe_never_reaches_the_card_or_the_hub(full_run):
@@ -280,8 +379,9 @@ def test_a_token_in_the_recipe_never_reaches_the_card_or_the_hub(full_run):
 ])
 def test_a_failed_push_keeps_the_run_and_says_how_to_retry(full_run, failure, fail_at):
     before = snapshot(full_run)
-    with pytest.raises(RecipeError) as error:
+    with pytest.raises(HubError) as error:  # the Hub failed, not the recipe
         push_run(full_run, REPO, token=TOKEN, api=FakeApi(failure, fail_at))
+    assert not isinstance(error.value, RecipeError) and isinstance(error.value, MFTError)
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(f"push to {REPO} failed (")
@@ -293,6 +393,18 @@ def test_a_failed_push_keeps_the_run_and_says_how_to_retry(full_run, failure, fa
     assert set(after) == set(before) | {"README.md"}
     assert all(after[name] == data for name, data in before.items())  # every original file, byte for byte
     assert all(TOKEN.encode() not in data for data in after.values())
+
+
+def test_mft_push_reports_a_hub_failure_in_one_line(full_run, monkeypatch, capsys):
+    from mft.cli import main
+
+    def create_repo(self, repo_id, **kwargs):
+        raise requests.exceptions.ConnectionError("Max retries exceeded")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    assert main(["push", str(full_run), "--repo-id", REPO]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mft: error: push to {REPO} failed (ConnectionError") and err.count("\n") == 1
 
 
 def test_push_run_checks_the_folder_before_any_call(tmp_path):

