@@ -238,6 +238,6 @@ def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | No
         raise RecipeError(f"--qa {qa_file} has no rows")
     objective, run_decoding_method, run_max_new_tokens = run_decoding(output_dir)
     decoding = decoding or run_decoding_method or objective.decoding
-    max_new_tokens = max_new_tokens or run_max_new_tokens
+    max_new_tokens = run_max_new_tokens if max_new_tokens is None else max_new_tokens
     model, tokenizer = load_trained(output_dir)
     return evaluate_qa(model, tokenizer, qa, decoding, max_new_tokens, batch_size, **objective.decoding_options())
