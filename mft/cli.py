@@ -9,7 +9,7 @@ import sys
 
 from .objectives import DECODINGS
 
-from .errors import MFTError
+from .errors import MFTError, unforeseen_error_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except MFTError as error:
         print(f"mft: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug or an environment failure: one line here, the traceback in a file
+        print(unforeseen_error_line(error, f"running mft {args.command}"), file=sys.stderr)
+        return 1
 
 
 def evaluate_run_command(args) -> int:

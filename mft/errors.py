@@ -8,9 +8,16 @@ status 2; anything else is a bug (see `mft.train.main`, which writes its traceba
 
 `RecipeError` is also a `ValueError` (it was one before this module existed, and callers of the
 Python API catch it as such).
+
+An error nobody foresaw (a bug, a failing library) is reported in one line too, naming what was
+being done, with the full traceback in a file (`write_traceback`): exit status 1.
 """
 
 from __future__ import annotations
+
+import tempfile
+import traceback
+from pathlib import Path
 
 
 class MFTError(Exception):
@@ -23,3 +30,28 @@ class RecipeError(MFTError, ValueError):
 
 class HubError(MFTError):
     """A push to the Hub that failed: one line with the reason (never the token) and how to retry."""
+
+
+def write_traceback(output_dir: Path | None) -> Path:
+    """The current exception's traceback, written to OUTPUT_DIR/error.log (a temporary file when
+    there is no run folder yet); returns the path."""
+    text = traceback.format_exc()
+    if output_dir is not None:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            path = output_dir / "error.log"
+            path.write_text(text)
+            return path
+        except OSError:
+            pass
+    with tempfile.NamedTemporaryFile("w", prefix="mft-error-", suffix=".log", delete=False) as file:
+        file.write(text)
+    return Path(file.name)
+
+
+def unforeseen_error_line(error: BaseException, doing: str, output_dir: Path | None = None) -> str:
+    """The one line that reports an unforeseen `error` raised while `doing` (e.g. "loading the
+    model"), after writing its traceback (`write_traceback`)."""
+    log = write_traceback(output_dir)
+    first_line = (str(error).strip().splitlines() or [""])[0][:200]
+    return f"mft: error while {doing}: {type(error).__name__}: {first_line} (full traceback: {log})"

@@ -23,7 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .collator import MFTCollator
 from .config import Recipe, load_recipe
-from .errors import MFTError, RecipeError
+from .errors import MFTError, RecipeError, unforeseen_error_line
 from .data import TokenizedDataset, build_word_tokenizer, load_data_files, row_texts
 from .eval import flatten_metrics, write_report
 from .models import build_model, count_parameters, load_tokenizer
@@ -199,10 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mft: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a bug or an environment failure: one line here, the traceback in a file
-        log = write_traceback(Path(recipe.training.output_dir) if recipe is not None else None)
-        first_line = (str(error).strip().splitlines() or [""])[0][:200]
-        print(f"mft: error while {stage.current}: {type(error).__name__}: {first_line} (full traceback: {log})",
-              file=sys.stderr)
+        output_dir = Path(recipe.training.output_dir) if recipe is not None else None
+        print(unforeseen_error_line(error, stage.current, output_dir), file=sys.stderr)
         return 1
     return 0
 
@@ -226,25 +224,6 @@ class _Stage:
 
 stage = _Stage()
 
-
-def write_traceback(output_dir: Path | None) -> Path:
-    """The current exception's traceback, written to OUTPUT_DIR/error.log (a temporary file when
-    there is no run folder yet); returns the path."""
-    import tempfile
-    import traceback
-
-    text = traceback.format_exc()
-    if output_dir is not None:
-        try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            path = output_dir / "error.log"
-            path.write_text(text)
-            return path
-        except OSError:
-            pass
-    with tempfile.NamedTemporaryFile("w", prefix="mft-error-", suffix=".log", delete=False) as file:
-        file.write(text)
-    return Path(file.name)
 
 
 if __name__ == "__main__":

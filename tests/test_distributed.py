@@ -107,3 +107,21 @@ def test_two_process_deepspeed_zero3_saves_a_model_that_reloads_in_one_process(t
     evaluate_qa(model, tokenizer, qa, "masked", max_new_tokens=16, predictions=reloaded)
     assert any(row["prediction"] for row in run_answers)
     assert [row["prediction"] for row in reloaded] == [row["prediction"] for row in run_answers]
+
+
+def component_losses(output: Path) -> list[dict[str, float]]:
+    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+    return [{key: value for key, value in entry.items() if key.startswith("loss_")} for entry in history
+            if "loss" in entry]
+
+
+def test_component_losses_cover_every_process(tmp_path):
+    """A mixture's loss_ar / loss_mlm_u are each component's weighted mean over the whole step, all
+    processes together (they were rank 0's alone), summed on each process and gathered at log time."""
+    mixture = ["objective.name=mixture", "objective.mix={ar: 0.5, mlm_u: 0.5}"]
+    run(tmp_path, "mix_single", 1, *mixture)
+    run(tmp_path, "mix_ddp", 2, *mixture, "training.per_device_train_batch_size=4")
+    single, multi = component_losses(tmp_path / "mix_single"), component_losses(tmp_path / "mix_ddp")
+    assert len(single) == len(multi) == 12 and all(set(step) == {"loss_ar", "loss_mlm_u"} for step in single)
+    for one, two in zip(single, multi):
+        assert two == pytest.approx(one, abs=TOLERANCE)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+import mft.cli
 import mft.eval
 import mft.train
 from mft import MFTConfig, SFTRowsCollator
@@ -277,3 +278,17 @@ def test_every_mft_error_is_caught_by_the_commands():
     assert issubclass(RecipeError, MFTError) and issubclass(RecipeError, ValueError)
     with pytest.raises(RecipeError):
         build_objective("no_such_objective")
+
+
+def test_an_unforeseen_failure_of_mft_eval_is_one_line_too(tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("weights")
+
+    monkeypatch.setattr(mft.eval, "evaluate_run", broken)
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "q", "answer": "a", "direction": "forward"}) + "\n")
+    assert mft.cli.main(["eval", str(tmp_path), "--qa", str(qa)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "running mft eval" in lines[0] and "KeyError" in lines[0]
+    log = Path(lines[0].rsplit("full traceback: ", 1)[1].rstrip(")"))
+    assert "Traceback" in log.read_text()
