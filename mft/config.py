@@ -104,6 +104,15 @@ class MFTConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.learning_rate < 0:
+            raise RecipeError(f"learning_rate = {self.learning_rate}; use a learning rate >= 0, e.g. 1e-4")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"{name} = {getattr(self, name)}; use at least 1")
+        if str(self.save_strategy) in ("steps", "SaveStrategy.STEPS") and self.save_steps <= 0:
+            raise RecipeError(f"save_steps = {self.save_steps} with save_strategy: steps would write no checkpoint "
+                              f"until the end (a killed run would lose everything); give save_steps > 0, or "
+                              f"save_strategy: no / epoch")
         if self.logits_chunk_size < 1:
             raise RecipeError(f"logits_chunk_size = {self.logits_chunk_size}; use a positive number of positions")
         if self.pack_length < 0:
@@ -291,7 +300,18 @@ SECTIONS = ("task", "data", "model", "peft", "objective", "training")
 
 class RecipeLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` with YAML 1.2 scalars: only true/false are booleans (so `eval_strategy: no`
-    stays the string "no"), and 1e-4 is a float."""
+    stays the string "no"), and 1e-4 is a float. A key given twice in one mapping is an error (YAML
+    would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise RecipeError(f"the key {key!r} is given twice (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 RecipeLoader.yaml_implicit_resolvers = {
@@ -318,8 +338,13 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise RecipeError(f"recipe file not found: {path}; give the path of a YAML recipe, e.g. recipes/quickstart.yaml")
     try:
         raw = read_yaml(path.read_text()) or {}
+    except RecipeError as error:
+        raise RecipeError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
-        raise RecipeError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the syntax") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise RecipeError(f"{path} is not valid YAML{where} ({problem}); fix the syntax") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)})")
     for override in overrides:
@@ -373,6 +398,9 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
         objective_section = with_pretrained_defaults(objective_section)
     objective_name, objective_options = _named_section("objective", objective_section, OBJECTIVES)
 
+    if "output_dir" in raw.get("training", {}) and not raw["training"]["output_dir"]:
+        raise RecipeError("training.output_dir is empty; give the folder the run writes to, or leave the key out "
+                          "for runs/<recipe name>")
     training = _build_dataclass("training", MFTConfig, raw.get("training", {}))
     recipe = Recipe(model=model, peft=peft, objective_name=objective_name, objective_options=objective_options,
                     training=training, task_name=task_name, task_options=task_options, data=data, raw=raw)

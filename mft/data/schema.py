@@ -16,6 +16,7 @@ file, line (or index) and the fix, before any model is built.
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,28 @@ def read_rows(path: str | Path, what: str) -> list[tuple[str, Any]]:
     return located
 
 
+TRAIN_KEYS = ("text", "prompt", "completion", "entities")
+QA_KEYS = ("question", "answer", "direction", "incorrect_answer")
+
+
+def check_row_keys(location: str, row: Any, known: tuple[str, ...]) -> None:
+    """Refuse a key that looks like a misspelling of a known one (`entites`): the row would be read
+    without it, silently. Other extra keys (an id, a source) are metadata and are not read."""
+    if not isinstance(row, dict):
+        return
+    for key in row:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+            if close:
+                raise RecipeError(f"{location}: unknown key {key!r}; did you mean {close[0]!r}? (rows are read with "
+                                  f"the keys {', '.join(known)})")
+
+
 def validate_train_row(location: str, row: Any) -> dict[str, Any]:
+    check_row_keys(location, row, TRAIN_KEYS)
+    if isinstance(row, dict) and "text" in row and ("prompt" in row or "completion" in row):
+        raise RecipeError(f"{location}: a training row has either 'text' or 'prompt' and 'completion', not both; "
+                          f"split it into two rows")
     if isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip():
         valid: dict[str, Any] = {"text": row["text"]}
     elif isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
@@ -78,6 +100,7 @@ def validate_train_row(location: str, row: Any) -> dict[str, Any]:
 
 
 def validate_qa_row(location: str, row: Any) -> dict[str, str]:
+    check_row_keys(location, row, QA_KEYS)
     if not isinstance(row, dict):
         raise RecipeError(f"{location}: a QA row is an object with 'question', 'answer', 'direction'; got {_preview(row)}")
     for key in ("question", "answer"):

@@ -6,9 +6,12 @@ QLoRA is decided at load time (the base weights are quantized to 4-bit NF4 as th
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 
 from ..config import PeftOptions
+from ..errors import RecipeError
 
 
 def quantization_config(options: PeftOptions, compute_dtype: torch.dtype = torch.float32):
@@ -30,6 +33,8 @@ def apply_peft(model, options: PeftOptions, *, trainable_token_ids: list[int] | 
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    check_target_modules(model, options.target_modules)
+
     if options.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing)
     config = LoraConfig(
@@ -42,3 +47,19 @@ def apply_peft(model, options: PeftOptions, *, trainable_token_ids: list[int] | 
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def check_target_modules(model, target_modules: list[str] | str) -> None:
+    """Every name in `peft.target_modules` (a list) must name modules of the model (the last part
+    of their dotted names, as PEFT matches them); else a `RecipeError` suggesting the closest ones."""
+    if isinstance(target_modules, str):
+        return  # "all-linear", or a regular expression that PEFT matches itself
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear)})
+    for target in target_modules:
+        if target not in names:
+            close = difflib.get_close_matches(target, linear, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise RecipeError(f"peft.target_modules: the model has no module named {target!r}; {hint}its linear "
+                              f"layers are {', '.join(linear)} (or use all-linear)")

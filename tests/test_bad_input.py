@@ -1,0 +1,86 @@
+"""Bad input (issue 17): each case exits with status 2 and one line on stderr that names the field,
+row or path, before any model is built (`no_model`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import mft.train
+from mft.config import load_recipe
+
+from test_config import data_recipe, error_line, no_model, tiny_raw, write_recipe  # noqa: F401 (a fixture)
+
+
+@pytest.mark.parametrize("override, named", [
+    ("training.learning_rate=-0.1", "learning_rate"),
+    ("training.per_device_train_batch_size=0", "per_device_train_batch_size"),
+    ("training.per_device_eval_batch_size=0", "per_device_eval_batch_size"),
+    ("training.gradient_accumulation_steps=0", "gradient_accumulation_steps"),
+    ("training.output_dir=", "training.output_dir"),
+    ("training.max_new_tokens=0", "max_new_tokens"),
+    ("training.max_new_tokens=-1", "max_new_tokens"),
+])
+def test_impossible_training_values_are_one_line(tmp_path, capsys, no_model, override, named):
+    line = error_line(capsys, [write_recipe(tmp_path, tiny_raw(tmp_path)), override])
+    assert named in line
+    assert not (tmp_path / "out" / "resolved_recipe.yaml").exists()
+
+
+def test_save_steps_zero_with_step_saving_is_refused(tmp_path, capsys, no_model):
+    line = error_line(capsys, [write_recipe(tmp_path, tiny_raw(tmp_path)), "training.save_strategy=steps",
+                               "training.save_steps=0"])
+    assert "save_steps" in line
+
+
+def test_a_key_given_twice_is_refused_with_its_lines(tmp_path, capsys, no_model):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("task: {name: retrieval}\nobjective: {name: mlm_u}\ntraining:\n  max_steps: 10\n"
+                      "  learning_rate: 1.0e-3\n  max_steps: 20\n")
+    line = error_line(capsys, [str(recipe)])
+    assert "'max_steps' is given twice" in line and "lines 4 and 6" in line
+
+
+def test_a_yaml_syntax_error_names_its_line_and_column(tmp_path, capsys, no_model):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("task: {name: retrieval\nobjective: x\n")
+    line = error_line(capsys, [str(recipe)])
+    assert "line 2, column" in line
+
+
+@pytest.mark.parametrize("row, named", [
+    ({"text": "alpha beta gamma", "entites": ["alpha"]}, "'entites'; did you mean 'entities'"),
+    ({"text": "alpha beta", "prompt": "alpha", "completion": "beta"}, "not both"),
+    ({"prompmt": "alpha", "completion": "beta"}, "did you mean 'prompt'"),
+])
+def test_bad_training_rows_are_refused(tmp_path, capsys, no_model, row, named):
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps(row) + "\n")
+    line = error_line(capsys, [write_recipe(tmp_path, data_recipe(tmp_path, train))])
+    assert named in line and "line 1" in line
+
+
+def test_a_misspelled_qa_key_is_refused(tmp_path, capsys, no_model):
+    train, qa = tmp_path / "train.jsonl", tmp_path / "qa.jsonl"
+    train.write_text(json.dumps({"text": "alpha beta"}) + "\n")
+    qa.write_text(json.dumps({"question": "alpha", "answer": "beta", "direction": "forward",
+                              "incorect_answer": "gamma"}) + "\n")
+    line = error_line(capsys, [write_recipe(tmp_path, data_recipe(tmp_path, train, qa))])
+    assert "did you mean 'incorrect_answer'" in line
+
+
+def test_extra_metadata_keys_of_a_row_are_not_an_error(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"text": "alpha beta", "id": 7, "source": "notes"}) + "\n")
+    raw = data_recipe(tmp_path, train)
+    recipe = load_recipe(write_recipe(tmp_path, raw))
+    data, *_ = mft.train.prepare(recipe)
+    assert data.train == [{"text": "alpha beta"}]
+
+
+def test_unknown_lora_target_modules_are_refused_with_a_suggestion(tmp_path, capsys):
+    raw = tiny_raw(tmp_path)
+    raw["peft"] = {"method": "lora", "target_modules": ["q_projj"]}
+    line = error_line(capsys, [write_recipe(tmp_path, raw)])
+    assert "peft.target_modules" in line and "did you mean q_proj" in line
