@@ -14,13 +14,21 @@ import shutil
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from .run_folder import RunIdentity
+
 STAGING_DIR = ".checkpoint-staging"
 
 
 class AtomicCheckpointMixin:
-    """Put it before the Trainer among the bases: `class T(AtomicCheckpointMixin, Trainer)`."""
+    """Put it before the Trainer among the bases: `class T(AtomicCheckpointMixin, Trainer)`.
+    `run_identity` (a `mft.run_folder.RunIdentity`, optional) is written into every checkpoint, so
+    that a resume can tell whose checkpoint it is."""
 
     _staging = False  # True while a checkpoint is being written
+
+    def __init__(self, *args, run_identity: RunIdentity | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run_identity = run_identity
 
     def _get_output_dir(self, trial) -> str:
         run_dir = super()._get_output_dir(trial)
@@ -47,6 +55,8 @@ class AtomicCheckpointMixin:
             if best and os.path.abspath(best) == os.path.abspath(os.path.join(staging, name)):
                 self.state.best_model_checkpoint = final  # where it will be, also in its saved state
                 self.state.save_to_json(os.path.join(staging, name, TRAINER_STATE_NAME))
+            if self.run_identity is not None:
+                self.run_identity.write(os.path.join(staging, name))
             if os.path.isdir(final):  # the same step saved twice (e.g. after a resume): keep the newer
                 shutil.rmtree(final)
             os.replace(os.path.join(staging, name), final)

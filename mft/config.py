@@ -97,6 +97,11 @@ class MFTConfig(TrainingArguments):
         metadata={"help": "Logging integrations; tensorboard when it is installed."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "mft's collator needs every column."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an output_dir that holds an earlier run's checkpoints, deleting them. "
+                          "false: such a folder is refused (resume it, or choose another folder)."},
+    )
     resume_from_checkpoint: str | bool | None = field(
         default=None,
         metadata={"help": "A checkpoint folder to resume from, or true: the last complete checkpoint in "

@@ -11,38 +11,47 @@ status 2 and one line on stderr that names the field and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import set_seed
+from transformers import AutoTokenizer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .collator import MFTCollator
 from .config import Recipe, load_recipe
 from .errors import MFTError, RecipeError, unforeseen_error_line
-from .data import TokenizedDataset, build_word_tokenizer, load_data_files, row_texts
+from .data import TaskData, TokenizedDataset, build_word_tokenizer, load_data_files, row_texts
 from .eval import flatten_metrics, write_report
 from .models import build_model, count_parameters, load_tokenizer
 from .models.loading import ensure_mask_token, ensure_pad_token, load_pretrained
 from .models.peft import apply_peft, quantization_config
 from .objectives import SpecialTokens
+from .run_folder import OutputFolderLock, RunIdentity, check_fresh_start, check_resume
 from .trainer import MFTTrainer, QASet
 
 USAGE = "usage: python -m mft.train RECIPE.yaml [section.key=value ...]   e.g. training.max_steps=100"
 
 
-def prepare(recipe: Recipe):
-    """Everything that can fail on bad input, before any model exists: data, objective, tokenizer,
-    examples. Returns (data, tokenizer, objective, train_dataset)."""
+def load_data(recipe: Recipe) -> TaskData:
+    """The recipe's training rows and QA rows (a built-in task's, or read and checked from files)."""
     if recipe.task_name:
-        data = recipe.build_task().build()
-    else:
-        data = load_data_files(recipe.data.train_file, recipe.data.qa_file, recipe.data.train_dataset,
-                               recipe.data.train_split)
+        return recipe.build_task().build()
+    return load_data_files(recipe.data.train_file, recipe.data.qa_file, recipe.data.train_dataset,
+                           recipe.data.train_split)
+
+
+def prepare(recipe: Recipe, data: TaskData | None = None, resume_from: str | None = None):
+    """Everything that can fail on bad input, before any model exists: data, objective, tokenizer,
+    examples. Returns (data, tokenizer, objective, train_dataset). A from-scratch model resuming from
+    `resume_from` takes the tokenizer saved in that checkpoint (its vocabulary is the trained one)."""
+    data = load_data(recipe) if data is None else data
     if not data.train:
         raise RecipeError("the training set is empty; check the task sizes or data.train_file")
     if recipe.training.eval_strategy != "no" and not data.qa:
@@ -55,6 +64,8 @@ def prepare(recipe: Recipe):
         note = ensure_pad_token(tokenizer)
         if note:
             print(f"mft: {note}", flush=True)
+    elif resume_from:
+        tokenizer = AutoTokenizer.from_pretrained(resume_from)
     else:
         texts = [text for row in data.train + data.qa for text in row_texts(row)] + objective.vocabulary_texts()
         tokenizer = build_word_tokenizer(texts, add_bos_token=recipe.model.add_bos_token)
@@ -119,12 +130,32 @@ def load_model(recipe: Recipe, tokenizer, objective):
 
 
 def run(recipe: Recipe) -> dict[str, Any]:
+    """Train and evaluate the recipe's run, holding its output folder (see `mft.run_folder`)."""
+    lead = int(os.environ.get("RANK", "0")) == 0  # one process per run owns the folder
+    with OutputFolderLock(recipe.training.output_dir) if lead else contextlib.nullcontext() as lock:
+        if lead and lock.note:
+            print(f"mft: {lock.note}", flush=True)
+        return _run(recipe, lead)
+
+
+def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
     args = recipe.training
-    stage("preparing the data")
-    data, tokenizer, objective, train_dataset = prepare(recipe)
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "resolved_recipe.yaml").write_text(recipe.to_yaml())
+    stage("preparing the data")
+    data = load_data(recipe)
+    identity = RunIdentity.of(recipe.resolved(), data.train)
+    resume_from = checkpoint_to_resume(args)
+    if resume_from:
+        check_resume(identity, resume_from)
+    else:
+        replaced = check_fresh_start(identity, output_dir, args.overwrite_output_dir)
+    data, tokenizer, objective, train_dataset = prepare(recipe, data, resume_from)
+    if lead:
+        for old in [] if resume_from else replaced:
+            shutil.rmtree(old)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "resolved_recipe.yaml").write_text(recipe.to_yaml())
+        identity.write(output_dir)
 
     set_seed(args.seed)
     args.device  # sets up the process group now: ZeRO-3 partitions the model as it is built, across all ranks
@@ -146,10 +177,10 @@ def run(recipe: Recipe) -> dict[str, Any]:
     args.push_to_hub = False  # the Trainer neither creates the repo nor pushes: mft pushes once, at the end
     args.hub_token = None     # and the token is never pickled into training_args.bin
     trainer = MFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=qa or None,
-                         data_collator=collator, processing_class=tokenizer)
+                         data_collator=collator, processing_class=tokenizer, run_identity=identity)
     stage("training")
     started = time.time()
-    trainer.train(resume_from_checkpoint=checkpoint_to_resume(args))
+    trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.time() - started
     trainer.save_model()
     trainer.save_state()  # trainer_state.json: the whole log history, also when no checkpoint was kept

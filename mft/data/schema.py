@@ -74,7 +74,9 @@ def check_row_keys(location: str, row: Any, known: tuple[str, ...]) -> None:
 
 def validate_train_row(location: str, row: Any) -> dict[str, Any]:
     check_row_keys(location, row, TRAIN_KEYS)
-    if isinstance(row, dict) and "text" in row and ("prompt" in row or "completion" in row):
+    # (a `datasets` table gives every row every column, None where a row has no value)
+    if isinstance(row, dict) and row.get("text") is not None and (row.get("prompt") is not None
+                                                                 or row.get("completion") is not None):
         raise RecipeError(f"{location}: a training row has either 'text' or 'prompt' and 'completion', not both; "
                           f"split it into two rows")
     if isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip():

@@ -1,0 +1,137 @@
+"""A run owns its folder (issue 17): checkpoints carry the run's identity, a resume continues only
+its own run, a new run does not start over another run's checkpoints, and a lock keeps a second
+process out while the first one runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from mft.run_folder import LOCK_FILE, OutputFolderLock, RunIdentity
+from mft.train import main
+
+from test_resume import SLOW_RUN, tiny_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = tiny_recipe(max_steps=20, save_strategy="steps", save_steps=10, save_total_limit=2)
+
+
+def write(tmp_path: Path, text: str = SHORT) -> str:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(text)
+    return str(recipe)
+
+
+def one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_every_checkpoint_carries_the_runs_identity(tmp_path):
+    out = tmp_path / "run"
+    assert main([write(tmp_path), f"training.output_dir={out}"]) == 0
+    folder = RunIdentity.read(out)
+    assert folder is not None and folder.recipe["training.learning_rate"] == 3.0e-3
+    assert "training.output_dir" not in folder.recipe and "training.logging_steps" not in folder.recipe
+    for checkpoint in ("checkpoint-10", "checkpoint-20"):
+        assert RunIdentity.read(out / checkpoint) == folder
+
+
+def test_a_new_run_is_refused_in_a_folder_with_another_runs_checkpoints(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([write(tmp_path), f"training.output_dir={out}"]) == 0
+    before = load_file(out / "model.safetensors")
+    capsys.readouterr()
+    assert main([write(tmp_path), f"training.output_dir={out}", "training.learning_rate=1.0e-3"]) == 2
+    line = one_error_line(capsys)
+    assert "of another run" in line and "checkpoint-20" in line and "overwrite_output_dir=true" in line
+    # the same run started again is refused too (its checkpoints would be mixed with the new ones)
+    assert main([write(tmp_path), f"training.output_dir={out}"]) == 2
+    assert "of this same run" in one_error_line(capsys)
+    after = load_file(out / "model.safetensors")
+    assert all((before[name] == after[name]).all() for name in before)  # nothing was touched
+
+    assert main([write(tmp_path), f"training.output_dir={out}", "training.learning_rate=1.0e-3",
+                 "training.overwrite_output_dir=true"]) == 0
+    assert RunIdentity.read(out / "checkpoint-20").recipe["training.learning_rate"] == 1.0e-3
+
+
+def test_resume_refuses_another_runs_checkpoint_and_names_what_differs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([write(tmp_path), f"training.output_dir={out}"]) == 0
+    capsys.readouterr()
+    for override, named in [("training.learning_rate=1.0e-3", "training.learning_rate 0.003 -> 0.001"),
+                            ("task.seed=5", "task.seed 0 -> 5")]:
+        assert main([write(tmp_path), f"training.output_dir={out}", override,
+                     "training.resume_from_checkpoint=true"]) == 2
+        line = one_error_line(capsys)
+        assert "belongs to another run" in line and named in line
+        if override.startswith("task"):
+            assert "the training rows" in line  # another seed: other data
+
+
+def test_a_checkpoint_without_identity_is_not_resumed(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([write(tmp_path), f"training.output_dir={out}"]) == 0
+    (out / "checkpoint-20" / "mft_run.json").unlink()
+    capsys.readouterr()
+    assert main([write(tmp_path), f"training.output_dir={out}", "training.resume_from_checkpoint=true"]) == 2
+    assert "carries no run identity" in one_error_line(capsys)
+
+
+def test_a_resumed_from_scratch_run_takes_its_tokenizer_from_the_checkpoint(tmp_path, monkeypatch):
+    import mft.train
+
+    out = tmp_path / "run"
+    assert main([write(tmp_path), f"training.output_dir={out}", "training.max_steps=10"]) == 0
+    built = []
+    monkeypatch.setattr(mft.train, "build_word_tokenizer", lambda *a, **k: built.append(1))
+    # a longer run of the same recipe would differ in max_steps; resume the finished checkpoint as is
+    assert main([write(tmp_path), f"training.output_dir={out}", "training.max_steps=10",
+                 "training.resume_from_checkpoint=true"]) == 0
+    assert built == []  # the vocabulary came from checkpoint-10, not from the data again
+
+
+def test_a_second_process_cannot_use_a_running_runs_folder(tmp_path):
+    out = tmp_path / "run"
+    recipe = write(tmp_path, tiny_recipe(max_steps=60, save_strategy="no"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-c", SLOW_RUN, recipe, f"training.output_dir={out}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not (out / "resolved_recipe.yaml").is_file():
+        assert first.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-m", "mft.train", recipe, f"training.output_dir={out}"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert first.poll() is None, "the first run ended before the second one started"
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "in use by another run" in lines[0] and f"process {first.pid}" in lines[0]
+    assert first.wait(timeout=300) == 0
+    assert not (out / LOCK_FILE).exists()  # released at the end
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (out / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
+                                             "started": "2026-01-01T00:00:00"}))
+    with OutputFolderLock(out) as lock:
+        assert "no longer exists" in lock.note
+        assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert not (out / LOCK_FILE).exists()
+    (out / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "another-host", "started": "x"}))
+    with pytest.raises(Exception, match=f"delete {out / LOCK_FILE}"):
+        OutputFolderLock(out).__enter__()
