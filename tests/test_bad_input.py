@@ -84,3 +84,41 @@ def test_unknown_lora_target_modules_are_refused_with_a_suggestion(tmp_path, cap
     raw["peft"] = {"method": "lora", "target_modules": ["q_projj"]}
     line = error_line(capsys, [write_recipe(tmp_path, raw)])
     assert "peft.target_modules" in line and "did you mean q_proj" in line
+
+
+# -- models -------------------------------------------------------------------------------------
+
+def saved_checkpoint(folder):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mft.data import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(["a b c"])
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda folder: (folder / "config.json").write_text("{not json"), "config.json is not valid JSON"),
+    (lambda folder: [p.unlink() for p in folder.glob("*.safetensors")], "holds no weights"),
+    (lambda folder: [p.unlink() for p in folder.glob("tokenizer*")], "holds no tokenizer"),
+])
+def test_a_damaged_checkpoint_folder_is_one_line(tmp_path, capsys, no_model, damage, named):
+    folder = saved_checkpoint(tmp_path / "base")
+    damage(folder)
+    capsys.readouterr()  # the save's progress bar
+    raw = tiny_raw(tmp_path)
+    raw["model"] = {"name_or_path": str(folder)}
+    line = error_line(capsys, [write_recipe(tmp_path, raw)])
+    assert named in line and "model.name_or_path" in line
+
+
+def test_a_fake_gguf_file_is_one_line(tmp_path, capsys, no_model):
+    fake = tmp_path / "model.gguf"
+    fake.write_text("not a gguf file")
+    raw = tiny_raw(tmp_path)
+    raw["model"] = {"name_or_path": str(fake)}
+    line = error_line(capsys, [write_recipe(tmp_path, raw)])
+    assert "is not a GGUF file" in line

@@ -406,6 +406,8 @@ def test_smollm2_builtin_conversion_matches_the_gguf(tmp_path, monkeypatch):
 
 def test_local_directory_and_hub_id_are_returned_as_is(tmp_path):
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "tokenizer.json").write_text("{}")
     assert resolve_model_source(str(tmp_path)) == (str(tmp_path), None)
     assert resolve_model_source("some-org/some-model") == ("some-org/some-model", None)
 

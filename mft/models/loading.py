@@ -30,6 +30,7 @@ c. else a new special token `<|mask|>`: the embeddings grow by one row, initiali
 from __future__ import annotations
 
 import copy
+import json
 import importlib.util
 import os
 import re
@@ -109,6 +110,7 @@ def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tup
                               "give a .gguf path or a directory plus model.gguf_file, not both")
         if not path.is_file():
             raise RecipeError(f"model.name_or_path: {name_or_path} not found; check the path")
+        _check_gguf_file(path, "model.name_or_path")
         _require_gguf_package(f"model.name_or_path = {name_or_path}")
         return str(path.parent), path.name
 
@@ -119,6 +121,7 @@ def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tup
                 present = ", ".join(sorted(p.name for p in path.glob("*.gguf"))) or "none"
                 raise RecipeError(f"model.gguf_file = {gguf_file}: not found in {name_or_path} "
                                   f"(its .gguf files: {present})")
+            _check_gguf_file(path / gguf_file, "model.gguf_file")
             return str(path), gguf_file
         if looks_local:
             raise RecipeError(f"model.name_or_path: {name_or_path} not found; check the path")
@@ -131,6 +134,7 @@ def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tup
             hint = f", or set model.gguf_file to one of: {', '.join(ggufs)}" if ggufs else ""
             raise RecipeError(f"model.name_or_path = {name_or_path}: no config.json there; "
                               f"give a checkpoint directory{hint}")
+        _check_checkpoint_folder(path, name_or_path)
         return str(path), None
     if path.is_file():
         raise RecipeError(f"model.name_or_path = {name_or_path} is a file; give a checkpoint directory, "
@@ -277,6 +281,37 @@ def _load_gguf(gguf_dir: Path, gguf_file: str):
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
     return model, tokenizer
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.safetensors.index.json", "*.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
+
+
+def _check_checkpoint_folder(path: Path, name_or_path: str) -> None:
+    """A local checkpoint folder must hold a readable config.json, weights and a tokenizer (an
+    adapter folder: adapter_config.json and its weights), or loading fails later with a message about
+    something else (a JSON traceback, "install sentencepiece")."""
+    config_name = "config.json" if (path / "config.json").is_file() else "adapter_config.json"
+    try:
+        json.loads((path / config_name).read_text())
+    except (OSError, ValueError) as error:
+        raise RecipeError(f"model.name_or_path = {name_or_path}: {config_name} is not valid JSON "
+                          f"({str(error).splitlines()[0]}); restore it from the original checkpoint") from None
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise RecipeError(f"model.name_or_path = {name_or_path}: the folder holds no weights (*.safetensors or "
+                          f"*.bin); give a complete checkpoint folder")
+    if config_name == "config.json" and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise RecipeError(f"model.name_or_path = {name_or_path}: the folder holds no tokenizer (tokenizer.json or "
+                          f"tokenizer_config.json); save the tokenizer beside the model")
+
+
+def _check_gguf_file(path: Path, field: str) -> None:
+    """A GGUF file starts with the magic bytes b"GGUF"."""
+    with open(path, "rb") as file:
+        if file.read(4) != b"GGUF":
+            raise RecipeError(f"{field}: {path} is not a GGUF file (it does not start with 'GGUF'); give a real "
+                              f".gguf file")
 
 
 def _require_gguf_package(field: str) -> None:
