@@ -122,3 +122,19 @@ def test_a_fake_gguf_file_is_one_line(tmp_path, capsys, no_model):
     raw["model"] = {"name_or_path": str(fake)}
     line = error_line(capsys, [write_recipe(tmp_path, raw)])
     assert "is not a GGUF file" in line
+
+
+# -- data files -----------------------------------------------------------------------------------
+
+def test_a_byte_that_is_not_utf8_names_the_file_line_and_offset(tmp_path, capsys, no_model):
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(b'{"text": "alpha beta"}\n{"text": "caf\xe9"}\n')
+    line = error_line(capsys, [write_recipe(tmp_path, data_recipe(tmp_path, train))])
+    assert str(train) in line and "line 2" in line and "byte 36" in line and "UTF-8" in line
+
+
+def test_a_utf8_file_with_a_byte_order_mark_is_read(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(b"\xef\xbb\xbf" + b'{"text": "alpha beta"}\n')
+    data, *_ = mft.train.prepare(load_recipe(write_recipe(tmp_path, data_recipe(tmp_path, train))))
+    assert data.train == [{"text": "alpha beta"}]

@@ -33,10 +33,22 @@ class TaskData:
     qa: list[dict[str, str]] = field(default_factory=list)
 
 
+def read_text(path: Path, what: str) -> str:
+    """The file as UTF-8 text (a leading byte-order mark is dropped); a byte that is not UTF-8 is a
+    `RecipeError` naming the file, the line and the byte offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise RecipeError(f"{what} {path} line {line}: byte {error.start} (0x{data[error.start]:02x}) is not UTF-8; "
+                          f"save the file as UTF-8") from None
+
+
 def read_rows(path: str | Path, what: str) -> list[tuple[str, Any]]:
     """[(location, row)] from a JSONL file or a JSON list; location is 'FILE line N' or 'FILE item N'."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, what)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
