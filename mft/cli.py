@@ -9,7 +9,8 @@ import sys
 
 from .objectives import DECODINGS
 
-from .errors import MFTError, unforeseen_error_line
+from .errors import MFTError, RecipeError, unforeseen_error_line
+from .utils import writable_file, writable_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +68,10 @@ def evaluate_run_command(args) -> int:
 
     from .eval import evaluate_run
 
-    results = evaluate_run(args.output_dir, args.qa, args.decoding, args.max_new_tokens, args.batch_size)
     out = Path(args.out) if args.out else Path(args.output_dir) / f"eval_{Path(args.qa).stem}.json"
+    if args.out:
+        writable_file("--out", out)  # before evaluating, so that a bad path loses no results
+    results = evaluate_run(args.output_dir, args.qa, args.decoding, args.max_new_tokens, args.batch_size)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print("| direction | exact match | ROUGE-1 recall | n |\n|---|---|---|---|")
     for direction, metrics in results.items():
@@ -87,6 +90,9 @@ def write_task_data(task: str, out: str, options: list[str]) -> int:
     raw = {"task": {"name": task}, "objective": {"name": "ar"}}
     for option in options:
         apply_override(raw, f"task.{option}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise RecipeError(f"--out {out} is a file; give a folder for train.jsonl and qa.jsonl")
+    writable_folder("--out", Path(out))
     recipe = parse_recipe(raw)
     builder = recipe.build_task()
     if hasattr(builder, "build_with_stats"):  # wikireversal: also say what the filters kept

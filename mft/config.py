@@ -37,7 +37,7 @@ from transformers import TrainingArguments
 from .data import TASKS
 from .errors import RecipeError
 from .objectives import MODEL_KINDS, OBJECTIVES, Objective, build_objective
-from .utils import redact
+from .utils import redact, writable_folder
 
 __all__ = ["MFTConfig", "ModelConfig", "PeftOptions", "DataFiles", "Recipe", "RecipeError", "load_recipe",
            "parse_recipe", "apply_override", "read_yaml", "validate_recipe", "model_kind", "mft_option"]
@@ -465,6 +465,7 @@ def validate_recipe(recipe: Recipe) -> None:
     if recipe.task_name:
         recipe.build_task()
     training, model = recipe.training, recipe.model
+    writable_folder("training.output_dir", Path(training.output_dir))
     kind = model_kind(model)
     if model.name_or_path and not model.add_bos_token:
         raise RecipeError("model.add_bos_token = false applies to from-scratch models (their task tokenizer); a "

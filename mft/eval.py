@@ -21,6 +21,7 @@ from .data.tokenize import encode_prompt
 from .decoding import generate
 from .errors import RecipeError
 from .objectives import Objective, build_objective
+from .run_folder import checkpoints
 
 
 def normalize(text: str) -> str:
@@ -210,6 +211,8 @@ def run_decoding(output_dir: str | Path) -> tuple[Objective, str | None, int]:
     """(objective, decoding chosen in the recipe or None, max_new_tokens) of a finished run, from its
     resolved recipe; a run without one is refused: its model's decoding rules would be unknown."""
     path = Path(output_dir) / "resolved_recipe.yaml"
+    if not path.is_file() and Path(output_dir).name.startswith("checkpoint-"):
+        path = Path(output_dir).parent / "resolved_recipe.yaml"  # a checkpoint of a run: the run's recipe
     if not path.is_file():
         raise RecipeError(f"{output_dir} has no resolved_recipe.yaml, which says how its model must be decoded; "
                           f"give the training.output_dir of a run made by mft train")
@@ -236,6 +239,15 @@ def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | No
     qa = [validate_qa_row(location, row) for location, row in read_rows(qa_file, "--qa")]
     if not qa:
         raise RecipeError(f"--qa {qa_file} has no rows")
+    if not (output_dir / "config.json").is_file() and not (output_dir / "adapter_config.json").is_file():
+        latest = checkpoints(output_dir)
+        if latest:
+            raise RecipeError(f"{output_dir} is not a finished run (no model saved yet); evaluate its latest "
+                              f"checkpoint: mft eval {latest[-1]} --qa {qa_file}")
+        raise RecipeError(f"{output_dir} holds no model (config.json or adapter_config.json); give the "
+                          f"training.output_dir of a finished run, or one of its checkpoint-N folders")
+    if batch_size < 1:
+        raise RecipeError(f"--batch-size {batch_size}; use at least 1")
     objective, run_decoding_method, run_max_new_tokens = run_decoding(output_dir)
     decoding = decoding or run_decoding_method or objective.decoding
     max_new_tokens = run_max_new_tokens if max_new_tokens is None else max_new_tokens

@@ -1,9 +1,15 @@
-"""Small helpers with no mft dependencies: keeping secrets out of files."""
+"""Small helpers with no dependencies beyond mft.errors: keeping secrets out of files, checking that
+a path can be written before any work that would be lost."""
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+from pathlib import Path
 from typing import Any
+
+from .errors import RecipeError
 
 # Keys that hold a credential wherever they appear in a recipe (any case). Matched by name, not by
 # substring, so that options such as `max_new_tokens`, `mask_token` or `pad_token: "<pad>"` survive.
@@ -55,3 +61,30 @@ def mask_secrets(text: str, token: str | None) -> str:
         text = text.replace(token, "***")
     text = HF_TOKEN_LIKE.sub("hf_***", text)
     return re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text)
+
+
+def writable_folder(field: str, folder: Path) -> None:
+    """Raise `RecipeError` (naming `field`) unless `folder` is, or can be made, a folder this process
+    can write into: no file in its place or above it, no read-only ancestor. Creates nothing."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == folder else f"lies under {existing}, which is a file"
+        raise RecipeError(f"{field} = {folder} {where}; give a folder path")
+    try:  # os.access answers yes to root even on a read-only file system: try a write
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise RecipeError(f"{field} = {folder}: {existing} cannot be written ({error.strerror}); give a writable "
+                          f"folder") from None
+
+
+def writable_file(field: str, path: Path) -> None:
+    """Raise `RecipeError` unless `path` can be written as a file (its folder is created if missing)."""
+    if path.is_dir():
+        raise RecipeError(f"{field} = {path} is a folder; give a file path")
+    writable_folder(field, path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import json
 import pytest
 
 import mft.train
+from mft import cli
 from mft.config import load_recipe
 
 from test_config import data_recipe, error_line, no_model, tiny_raw, write_recipe  # noqa: F401 (a fixture)
@@ -138,3 +139,56 @@ def test_a_utf8_file_with_a_byte_order_mark_is_read(tmp_path):
     train.write_bytes(b"\xef\xbb\xbf" + b'{"text": "alpha beta"}\n')
     data, *_ = mft.train.prepare(load_recipe(write_recipe(tmp_path, data_recipe(tmp_path, train))))
     assert data.train == [{"text": "alpha beta"}]
+
+
+# -- paths ----------------------------------------------------------------------------------------
+
+def test_an_output_dir_that_is_a_file_or_under_one_is_refused(tmp_path, capsys, no_model):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for output_dir, named in [(blocker, "is a file"), (blocker / "run", "lies under")]:
+        line = error_line(capsys, [write_recipe(tmp_path, tiny_raw(tmp_path)), f"training.output_dir={output_dir}"])
+        assert "training.output_dir" in line and named in line
+
+
+def test_mft_data_out_that_is_a_file_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = error_line(capsys, ["data", "retrieval", "--out", str(blocker)], entry=cli.main)
+    assert "--out" in line and "is a file" in line
+
+
+def eval_setup(tmp_path):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "q", "answer": "a", "direction": "forward"}) + "\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    return run, qa
+
+
+def test_mft_eval_on_a_killed_run_names_its_latest_checkpoint(tmp_path, capsys):
+    run, qa = eval_setup(tmp_path)
+    (run / "checkpoint-10").mkdir()
+    (run / "checkpoint-30").mkdir()
+    line = error_line(capsys, ["eval", str(run), "--qa", str(qa)], entry=cli.main)
+    assert "not a finished run" in line and "checkpoint-30" in line
+
+
+def test_mft_eval_on_a_folder_that_is_no_run_is_refused(tmp_path, capsys):
+    run, qa = eval_setup(tmp_path)
+    line = error_line(capsys, ["eval", str(run), "--qa", str(qa)], entry=cli.main)
+    assert "holds no model" in line
+
+
+def test_mft_eval_checks_its_out_path_and_batch_size_before_evaluating(tmp_path, capsys, monkeypatch):
+    import mft.eval
+
+    run, qa = eval_setup(tmp_path)
+    (run / "config.json").write_text("{}")
+    monkeypatch.setattr(mft.eval, "load_trained", lambda *a: pytest.fail("evaluated"), raising=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = error_line(capsys, ["eval", str(run), "--qa", str(qa), "--out", str(blocker / "m.json")], entry=cli.main)
+    assert "--out" in line and "is a file" in line
+    line = error_line(capsys, ["eval", str(run), "--qa", str(qa), "--batch-size", "0"], entry=cli.main)
+    assert "--batch-size" in line

@@ -149,6 +149,7 @@ def test_mft_eval_uses_the_runs_answer_length(tmp_path, monkeypatch, capsys):
 def test_mft_eval_refuses_a_run_without_its_recipe(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
     qa = tmp_path / "qa.jsonl"
     qa.write_text(json.dumps({"question": "q", "answer": "a", "direction": "forward"}) + "\n")
     line = error_line(capsys, ["eval", str(run_dir), "--qa", str(qa)], entry=mft.cli.main)
