@@ -192,3 +192,15 @@ def test_mft_eval_checks_its_out_path_and_batch_size_before_evaluating(tmp_path,
     assert "--out" in line and "is a file" in line
     line = error_line(capsys, ["eval", str(run), "--qa", str(qa), "--batch-size", "0"], entry=cli.main)
     assert "--batch-size" in line
+
+
+@pytest.mark.parametrize("route, named", [
+    ({"txt": "masked_reconstruct", "prompt": "ar"}, "objective.route.txt: unknown row kind; did you mean text?"),
+    ({"prompt": "ar"}, "objective.route.text is missing"),
+    ({"text": "masked_recon", "prompt": "ar"}, "objective.route.text: unknown objective 'masked_recon'"),
+])
+def test_route_errors_name_the_bad_key(tmp_path, capsys, no_model, route, named):
+    raw = tiny_raw(tmp_path)
+    raw["objective"] = {"name": "mixture", "route": route}
+    line = error_line(capsys, [write_recipe(tmp_path, raw)])
+    assert named in line

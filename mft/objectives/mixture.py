@@ -26,6 +26,7 @@ of prompt rows (questions are prompts); with `mix`, the heaviest (the first list
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,13 +45,26 @@ class Mixture(Objective):
     route: dict[str, str] | None = None
 
     def __post_init__(self):
+        known = [name for name in OBJECTIVES if name != "mixture"]
         if self.route is not None:
-            if set(self.route) != {"text", "prompt"}:
-                raise RecipeError("objective.route maps both row kinds to an objective: {text: ..., prompt: ...}")
+            for kind in self.route:
+                if kind not in ("text", "prompt"):
+                    close = difflib.get_close_matches(str(kind), ["text", "prompt"], n=1)
+                    hint = f"did you mean {close[0]}? " if close else ""
+                    raise RecipeError(f"objective.route.{kind}: unknown row kind; {hint}route maps the row kinds "
+                                      f"text and prompt to objectives")
+            for kind in ("text", "prompt"):
+                if kind not in self.route:
+                    raise RecipeError(f"objective.route.{kind} is missing; route maps both row kinds, e.g. "
+                                      f"{{text: masked_reconstruct, prompt: ar}}")
+                if self.route[kind] not in known:
+                    raise RecipeError(f"objective.route.{kind}: unknown objective {self.route[kind]!r}; choose from "
+                                      f"{', '.join(known)}")
             routed = {name: 1.0 for name in dict.fromkeys(self.route.values())}
             # A resolved recipe repeats the mix that the route implies; any other mix is a conflict.
             if self.mix and self.mix != routed:
-                raise RecipeError("objective.route and objective.mix exclude each other; give one")
+                raise RecipeError("objective.route and objective.mix exclude each other (route implies the mix); "
+                                  "remove objective.mix")
             self.mix = routed
         if not self.mix:
             raise RecipeError("objective.mix is empty; give components and weights, e.g. {ar: 0.5, mlm_u: 0.5}")
