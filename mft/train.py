@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -229,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     except MFTError as error:
         print(f"mft: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = [arg for arg in argv[1:] if not arg.startswith("training.resume_from_checkpoint=")]
+        command = shlex.join(["python", "-m", "mft.train", argv[0], *resume, "training.resume_from_checkpoint=true"])
+        print(f"mft: interrupted while {stage.current}; the last complete checkpoint is kept; resume with: {command}",
+              file=sys.stderr)
+        return 130
     except Exception as error:  # a bug or an environment failure: one line here, the traceback in a file
         output_dir = Path(recipe.training.output_dir) if recipe is not None else None
         print(unforeseen_error_line(error, stage.current, output_dir), file=sys.stderr)

@@ -135,3 +135,27 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     (out / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "another-host", "started": "x"}))
     with pytest.raises(Exception, match=f"delete {out / LOCK_FILE}"):
         OutputFolderLock(out).__enter__()
+
+
+def test_ctrl_c_prints_one_line_with_the_command_that_resumes(tmp_path):
+    import signal
+
+    out = tmp_path / "run"
+    recipe = write(tmp_path, tiny_recipe(max_steps=60, save_strategy="steps", save_steps=10))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", SLOW_RUN, recipe, f"training.output_dir={out}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (out / "checkpoint-10").is_dir():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("mft: interrupted while training") and "training.resume_from_checkpoint=true" in line
+    assert not (out / LOCK_FILE).exists()
+    command = line.split("resume with: ", 1)[1].split()
+    assert main(command[3:]) == 0  # the printed command resumes the run to its end
+    assert (out / "checkpoint-60").is_dir()
