@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shlex
 import shutil
@@ -93,6 +94,21 @@ def longest_row(objective, tokenizer, dataset: TokenizedDataset) -> int:
     return max(len(row) for row in MFTCollator(objective, tokenizer, special=special).rows(longest_example))
 
 
+def finished_run_results(checkpoint: str, output_dir: Path) -> dict[str, Any] | None:
+    """The saved results when `checkpoint` is the end of a run that finished (its step reached the
+    run's max_steps and the final model is saved): a resume then has nothing to do, and says so."""
+    state_file = Path(checkpoint) / "trainer_state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    done = state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]
+    saved = (output_dir / "config.json").is_file() or (output_dir / "adapter_config.json").is_file()
+    if not (done and saved):
+        return None
+    results_file = output_dir / "eval_results.json"
+    print(f"mft: {output_dir} is a finished run (step {state['global_step']} of {state['max_steps']}); nothing to "
+          f"resume. Its results: {results_file if results_file.is_file() else 'none saved'}", flush=True)
+    return json.loads(results_file.read_text()) if results_file.is_file() else {}
+
+
 def checkpoint_to_resume(args) -> str | None:
     """`resume_from_checkpoint`: a folder as given; `true`: the last complete checkpoint-N in the
     output folder (checkpoints are renamed into place only once written, see `mft.trainer`), or
@@ -148,6 +164,9 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
     resume_from = checkpoint_to_resume(args)
     if resume_from:
         check_resume(identity, resume_from)
+        finished = finished_run_results(resume_from, output_dir)
+        if finished is not None:
+            return finished
     else:
         replaced = check_fresh_start(identity, output_dir, args.overwrite_output_dir)
     data, tokenizer, objective, train_dataset = prepare(recipe, data, resume_from)

@@ -91,13 +91,14 @@ def test_a_resumed_from_scratch_run_takes_its_tokenizer_from_the_checkpoint(tmp_
     import mft.train
 
     out = tmp_path / "run"
-    assert main([write(tmp_path), f"training.output_dir={out}", "training.max_steps=10"]) == 0
+    assert main([write(tmp_path), f"training.output_dir={out}"]) == 0
     built = []
-    monkeypatch.setattr(mft.train, "build_word_tokenizer", lambda *a, **k: built.append(1))
-    # a longer run of the same recipe would differ in max_steps; resume the finished checkpoint as is
-    assert main([write(tmp_path), f"training.output_dir={out}", "training.max_steps=10",
-                 "training.resume_from_checkpoint=true"]) == 0
+    real = mft.train.build_word_tokenizer
+    monkeypatch.setattr(mft.train, "build_word_tokenizer", lambda *a, **k: built.append(1) or real(*a, **k))
+    assert main([write(tmp_path), f"training.output_dir={out}",
+                 f"training.resume_from_checkpoint={out / 'checkpoint-10'}"]) == 0
     assert built == []  # the vocabulary came from checkpoint-10, not from the data again
+    assert (out / "checkpoint-20").is_dir()
 
 
 def test_a_second_process_cannot_use_a_running_runs_folder(tmp_path):
@@ -159,3 +160,14 @@ def test_ctrl_c_prints_one_line_with_the_command_that_resumes(tmp_path):
     command = line.split("resume with: ", 1)[1].split()
     assert main(command[3:]) == 0  # the printed command resumes the run to its end
     assert (out / "checkpoint-60").is_dir()
+
+
+def test_resuming_a_finished_run_does_nothing_and_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([write(tmp_path), f"training.output_dir={out}"]) == 0
+    before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+    capsys.readouterr()
+    assert main([write(tmp_path), f"training.output_dir={out}", "training.resume_from_checkpoint=true"]) == 0
+    assert "is a finished run (step 20 of 20); nothing to resume" in capsys.readouterr().out
+    after = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+    assert after == before  # no step past max_steps, no new checkpoint, nothing rewritten
