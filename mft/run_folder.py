@@ -104,6 +104,42 @@ def check_resume(identity: RunIdentity, checkpoint: str | Path) -> None:
                           f"(its resolved_recipe.yaml), or start this run in another training.output_dir")
 
 
+def check_checkpoint_readable(checkpoint: str | Path) -> None:
+    """Refuse a damaged checkpoint before training starts, naming the previous complete one: its
+    trainer state must parse, its weights' headers and its torch files' archives must be whole (a
+    truncated file fails these cheap checks; nothing is loaded)."""
+    import zipfile
+
+    checkpoint = Path(checkpoint)
+    problem = None
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        problem = "trainer_state.json is missing or unreadable"
+    for path in sorted(checkpoint.glob("*.safetensors")) if problem is None else []:
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as weights:
+                names = list(weights.keys())
+                if names:
+                    weights.get_slice(names[-1])  # the last tensor: its bytes must lie inside the file
+        except Exception:  # safetensors raises its own error types for a damaged file
+            problem = f"{path.name} is damaged"
+            break
+    for path in sorted(checkpoint.glob("*.pt")) + sorted(checkpoint.glob("*.pth")) if problem is None else []:
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no directory
+            problem = f"{path.name} is damaged"
+            break
+    if problem is None:
+        return
+    earlier = [path for path in checkpoints(checkpoint.parent) if path != checkpoint and
+               int(path.name.split("-")[-1]) < int(checkpoint.name.split("-")[-1])]
+    advice = (f"resume from the previous complete one: training.resume_from_checkpoint={earlier[-1]}" if earlier
+              else "no earlier checkpoint is left: start afresh with training.overwrite_output_dir=true")
+    raise RecipeError(f"{checkpoint} cannot be resumed ({problem}); {advice}")
+
+
 def check_fresh_start(identity: RunIdentity, output_dir: str | Path, overwrite: bool) -> list[Path]:
     """A run that does not resume may start in a folder without checkpoints; with `overwrite`, the
     checkpoints found are returned, to be deleted. Otherwise a `RecipeError` says what to do."""

@@ -35,7 +35,7 @@ from .models import build_model, count_parameters, load_tokenizer
 from .models.loading import ensure_mask_token, ensure_pad_token, load_pretrained
 from .models.peft import apply_peft, quantization_config
 from .objectives import SpecialTokens
-from .run_folder import OutputFolderLock, RunIdentity, check_fresh_start, check_resume
+from .run_folder import OutputFolderLock, RunIdentity, check_checkpoint_readable, check_fresh_start, check_resume
 from .trainer import MFTTrainer, QASet
 
 USAGE = "usage: python -m mft.train RECIPE.yaml [section.key=value ...]   e.g. training.max_steps=100"
@@ -163,6 +163,7 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
     identity = RunIdentity.of(recipe.resolved(), data.train)
     resume_from = checkpoint_to_resume(args)
     if resume_from:
+        check_checkpoint_readable(resume_from)
         check_resume(identity, resume_from)
         finished = finished_run_results(resume_from, output_dir)
         if finished is not None:

@@ -171,3 +171,22 @@ def test_resuming_a_finished_run_does_nothing_and_says_so(tmp_path, capsys):
     assert "is a finished run (step 20 of 20); nothing to resume" in capsys.readouterr().out
     after = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
     assert after == before  # no step past max_steps, no new checkpoint, nothing rewritten
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda folder: (folder / "trainer_state.json").unlink(), "trainer_state.json is missing"),
+    (lambda folder: (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:-100]),
+     "model.safetensors is damaged"),
+    (lambda folder: (folder / "optimizer.pt").write_bytes((folder / "optimizer.pt").read_bytes()[:200]),
+     "optimizer.pt is damaged"),
+])
+def test_a_damaged_checkpoint_names_the_previous_complete_one(tmp_path, capsys, damage, named):
+    out = tmp_path / "run"
+    assert main([write(tmp_path), f"training.output_dir={out}"]) == 0
+    for name in ("config.json", "model.safetensors"):  # as if killed before the end
+        (out / name).unlink()
+    damage(out / "checkpoint-20")
+    capsys.readouterr()
+    assert main([write(tmp_path), f"training.output_dir={out}", "training.resume_from_checkpoint=true"]) == 2
+    line = one_error_line(capsys)
+    assert named in line and f"training.resume_from_checkpoint={out / 'checkpoint-10'}" in line
