@@ -8,12 +8,14 @@ writes checkpoint-N in place.)
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from .errors import MFTError
 from .run_folder import RunIdentity
 
 STAGING_DIR = ".checkpoint-staging"
@@ -45,6 +47,17 @@ class AtomicCheckpointMixin:
         self._staging = True
         try:
             super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as error:
+            if not _disk_full(error):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            previous = [name for name in os.listdir(run_dir) if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")]
+            kept = max(previous, key=lambda name: int(name.split("-")[-1]), default=None)
+            raise MFTError(f"the disk is full: {PREFIX_CHECKPOINT_DIR}-{self.state.global_step} could not be written "
+                           f"in {run_dir}; "
+                           + (f"the previous checkpoint {kept} is intact: free some space, then resume with "
+                              f"training.resume_from_checkpoint=true" if kept else
+                              "no earlier checkpoint exists: free some space and start again")) from None
         finally:
             self._staging = False
         self.accelerator.wait_for_everyone()
@@ -63,3 +76,12 @@ class AtomicCheckpointMixin:
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether a failed save ran out of space: ENOSPC, or torch's writer reporting a short write
+    ("unexpected pos ..."), which is what a full disk looks like from inside torch.save."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    text = str(error).lower()
+    return "no space left" in text or "unexpected pos" in text

@@ -190,3 +190,27 @@ def test_a_damaged_checkpoint_names_the_previous_complete_one(tmp_path, capsys, 
     assert main([write(tmp_path), f"training.output_dir={out}", "training.resume_from_checkpoint=true"]) == 2
     line = one_error_line(capsys)
     assert named in line and f"training.resume_from_checkpoint={out / 'checkpoint-10'}" in line
+
+
+def test_a_full_disk_while_saving_says_so_and_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from transformers import Trainer
+
+    real = Trainer._save_checkpoint
+
+    def full_at_step_20(self, model, trial):
+        if self.state.global_step == 20:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+        return real(self, model, trial)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", full_at_step_20)
+    out = tmp_path / "run"
+    assert main([write(tmp_path), f"training.output_dir={out}"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # (above it: the first checkpoint's progress bar)
+    assert line.startswith("mft: error: the disk is full")
+    assert "the disk is full" in line and "checkpoint-20" in line and "checkpoint-10 is intact" in line
+    assert RunIdentity.read(out / "checkpoint-10") is not None and not (out / ".checkpoint-staging").exists()
+    from mft.checkpoints import _disk_full
+
+    assert _disk_full(OSError(errno.ENOSPC, "No space left on device")) and not _disk_full(OSError(errno.EACCES, "x"))
