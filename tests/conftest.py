@@ -1,3 +1,9 @@
+import os
+
+# Tests never touch the network: the Hub is offline for every test (set before huggingface_hub is
+# imported, which reads it once), so mft's reachability check answers at once without a lookup.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import torch
 

@@ -204,3 +204,67 @@ def test_route_errors_name_the_bad_key(tmp_path, capsys, no_model, route, named)
     raw["objective"] = {"name": "mixture", "route": route}
     line = error_line(capsys, [write_recipe(tmp_path, raw)])
     assert named in line
+
+
+# -- the Hub, unreachable -------------------------------------------------------------------------
+
+def test_an_unreachable_hub_fails_at_once_for_a_model_and_a_dataset(tmp_path, capsys, no_model, monkeypatch):
+    import time
+
+    import mft.data.schema
+    import mft.models.loading
+
+    monkeypatch.setattr(mft.models.loading, "hub_reachable", lambda: False)
+    monkeypatch.setattr(mft.data.schema, "hub_reachable", lambda: False)
+    raw = tiny_raw(tmp_path)
+    raw["model"] = {"name_or_path": "someone/no-such-model"}
+    started = time.time()
+    line = error_line(capsys, [write_recipe(tmp_path, raw)])
+    assert "someone/no-such-model" in line and "Hub is unreachable" in line
+    raw = data_recipe(tmp_path, tmp_path / "unused")
+    raw["data"] = {"train_dataset": "someone/no-such-dataset"}
+    line = error_line(capsys, [write_recipe(tmp_path, raw)])
+    assert "data.train_dataset = someone/no-such-dataset" in line
+    assert time.time() - started < 10  # no retries (36-57 s before)
+
+
+# -- one line per field: a table of overrides of the tiny quickstart recipe -----------------------
+
+@pytest.mark.parametrize("overrides, named", [
+    (["objective.low=-0.1"], "objective.low"),
+    (["objective.weighting=sqrt"], "objective.weighting"),
+    (["objective.keep_sink=true"], "keep_sink"),
+    (["objective.name=ar_reverse_segment", "objective.max_segment_length=0"], "objective.max_segment_length"),
+    (["objective.name=mixture", "objective.mix={ar: -1}"], "objective.mix.ar"),
+    (["objective.name=mixture", "objective.mix={}"], "objective.mix is empty"),
+    (["objective.name=mixture", "objective.mix={arr: 1}"], "unknown objective 'arr'"),
+    (["objective.name=mixture", "objective.mix={ar: 1}", "objective.per=sometimes"], "objective.per"),
+    (["objective.name=mixture", "objective.mix={ar: 1}", "objective.options={mlm: {}}"], "objective.options.mlm"),
+    (["objective.name=mixture", "objective.mix={ar: 0, mlm_u: 0}"], "sum to 0"),
+    (["task.tokens_per_entity=0"], "task.tokens_per_entity"),
+    (["task.query_fraction=1.5"], "task.query_fraction"),
+    (["task.seed=x"], "task.seed"),
+    (["model.hidden_size=30"], "model.hidden_size"),
+    (["model.attention_sink=true"], "model.attention_sink"),
+    (["model.architecture=transformer"], "model.architecture"),
+    (["model.attn_implementation=flash_attention_2"], "flash_attention_2"),
+    (["model.architecture=bert", "objective.name=ar"], "bert"),
+    (["peft.r=0"], "peft.r"),
+    (["peft.dropout=1.5"], "peft.dropout"),
+    (["peft.method=qlora"], "peft.method = qlora"),
+    (["peft.method=dora"], "peft.method"),
+    (["training.pack_length=-1"], "pack_length"),
+    (["training.attention_anneal_steps=-1"], "attention_anneal_steps"),
+    (["training.push_to_hub=true"], "training.hub_model_id"),
+    (["training.dataloader_persistent_workers=true"], "dataloader_persistent_workers"),
+    (["training.decoding=beam"], "training.decoding"),
+    (["training.max_steps=ten"], "training.max_steps"),
+    (["training.seed=1.5"], "training.seed"),
+    (["training.lr_scheduler_type=wiggly"], "wiggly"),
+    (["training.eval_strategy=sometimes"], "sometimes"),
+    (["training.pack_length=64", "objective.name=plm", "model.architecture=encoder_decoder"], "pack_length"),
+])
+def test_a_bad_value_is_one_line_naming_its_field(tmp_path, capsys, no_model, overrides, named):
+    line = error_line(capsys, [write_recipe(tmp_path, tiny_raw(tmp_path)), *overrides])
+    assert named in line
+    assert not (tmp_path / "out").exists()  # nothing written: no folder, no resolved_recipe.yaml

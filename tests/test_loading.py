@@ -404,11 +404,16 @@ def test_smollm2_builtin_conversion_matches_the_gguf(tmp_path, monkeypatch):
 # Sources and errors
 
 
-def test_local_directory_and_hub_id_are_returned_as_is(tmp_path):
+def test_local_directory_and_hub_id_are_returned_as_is(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "tokenizer.json").write_text("{}")
     assert resolve_model_source(str(tmp_path)) == (str(tmp_path), None)
+    with pytest.raises(RecipeError, match="Hub is unreachable"):  # the tests run offline: refused at once
+        resolve_model_source("some-org/some-model")
+    import mft.models.loading
+
+    monkeypatch.setattr(mft.models.loading, "hub_reachable", lambda: True)
     assert resolve_model_source("some-org/some-model") == ("some-org/some-model", None)
 
 
@@ -474,7 +479,8 @@ def test_hub_id_without_network(monkeypatch):
         load_pretrained("nonexistent-org/nonexistent-model-xyz")
     assert one_line_error(excinfo) == ("model.name_or_path = nonexistent-org/nonexistent-model-xyz: not found locally "
                                        "and the Hub is unreachable; download it first or give a local path")
-    assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__  # no chained traceback
+    error = excinfo.value  # no chained traceback
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
 
 
 # -- model.system_prompt --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError
+from ..utils import hub_reachable
 
 DIRECTIONS = ("forward", "backward")
 
@@ -143,6 +144,8 @@ def read_dataset_rows(name_or_path: str, split: str) -> list[tuple[str, Any]]:
             elif split != "train":
                 raise KeyError(split)  # a single saved Dataset has no other split
         else:
+            if not hub_reachable():  # read the local cache only, at once, instead of retrying the Hub
+                datasets.config.HF_HUB_OFFLINE = True
             dataset = datasets.load_dataset(name_or_path, split=split)
     except KeyError:
         raise RecipeError(f"data.train_split = {split!r} is not a split of {name_or_path}") from None

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-from ..config import ModelConfig, RecipeError
+from ..config import ModelConfig
+from ..errors import RecipeError
 from .attention import attention_implementation, attention_mask_4d, to_model_mask
 from .encoder_decoder import EncoderDecoderConfig, EncoderDecoderForMaskedPrediction
 
@@ -52,12 +53,12 @@ def auto_model_class(config):
 
 def load_tokenizer(config: ModelConfig):
     """The pretrained model's tokenizer, from the same source `load_pretrained` resolves."""
-    from .loading import resolve_model_source
+    from .loading import hub_options, resolve_model_source
 
     if not config.name_or_path:
         raise RecipeError("model.name_or_path is empty: a from-scratch model takes its tokenizer from the task")
     source, gguf_file = resolve_model_source(config.name_or_path, config.gguf_file)
-    kwargs = {"trust_remote_code": config.trust_remote_code}
+    kwargs = {"trust_remote_code": config.trust_remote_code, **hub_options(source)}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:

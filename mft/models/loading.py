@@ -44,6 +44,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import RecipeError
+from ..utils import hub_reachable
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,25 @@ def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tup
                           "a .gguf file or a Hub id")
     if looks_local:
         raise RecipeError(f"model.name_or_path: {name_or_path} not found; check the path")
+    if not hub_reachable() and not _in_hub_cache(name_or_path):
+        raise RecipeError(f"model.name_or_path = {name_or_path}: not found locally and the Hub is unreachable; "
+                          "download it first or give a local path")
     return name_or_path, None
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repository id
+        return False
+
+
+def hub_options(source: str) -> dict[str, bool]:
+    """`from_pretrained` options for `source`: a Hub id read from the local cache without asking the
+    Hub when the Hub cannot be reached (which would otherwise retry for most of a minute)."""
+    return {"local_files_only": True} if not Path(source).is_dir() and not hub_reachable() else {}
 
 
 def load_pretrained(name_or_path: str, *, gguf_file: str | None = None, dtype="auto",
@@ -153,7 +172,7 @@ def load_pretrained(name_or_path: str, *, gguf_file: str | None = None, dtype="a
     `trust_remote_code` stays off unless asked for: it runs code downloaded with the model. A Hub id
     that is neither in the local Hugging Face cache nor reachable raises `RecipeError`."""
     source, gguf = resolve_model_source(name_or_path, gguf_file)
-    common = {"trust_remote_code": trust_remote_code}
+    common = {"trust_remote_code": trust_remote_code, **hub_options(source)}
     if gguf:
         common["gguf_file"] = gguf
     model_kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
