@@ -244,7 +244,7 @@ def test_an_unreachable_hub_fails_at_once_for_a_model_and_a_dataset(tmp_path, ca
     (["task.tokens_per_entity=0"], "task.tokens_per_entity"),
     (["task.query_fraction=1.5"], "task.query_fraction"),
     (["task.seed=x"], "task.seed"),
-    (["model.hidden_size=30"], "model.hidden_size"),
+    (["model.hidden_size=15"], "model.hidden_size"),
     (["model.attention_sink=true"], "model.attention_sink"),
     (["model.architecture=transformer"], "model.architecture"),
     (["model.attn_implementation=flash_attention_2"], "flash_attention_2"),
