@@ -9,8 +9,10 @@ writes checkpoint-N in place.)
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
+import time
 
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -19,6 +21,15 @@ from .errors import MFTError
 from .run_folder import RunIdentity
 
 STAGING_DIR = ".checkpoint-staging"
+PROGRESS_FILE = "mft_progress.json"  # the run's training seconds up to the checkpoint
+
+
+def read_train_seconds(checkpoint: str) -> float:
+    try:
+        with open(os.path.join(checkpoint, PROGRESS_FILE)) as file:
+            return float(json.load(file)["train_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 class AtomicCheckpointMixin:
@@ -31,6 +42,19 @@ class AtomicCheckpointMixin:
     def __init__(self, *args, run_identity: RunIdentity | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_identity = run_identity
+        self._seconds_before = 0.0  # training time of the run before the checkpoint this session resumed
+        self._started = None
+
+    def train(self, *args, resume_from_checkpoint=None, **kwargs):
+        if isinstance(resume_from_checkpoint, str):
+            self._seconds_before = read_train_seconds(resume_from_checkpoint)
+        self._started = time.time()
+        return super().train(*args, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    @property
+    def train_seconds(self) -> float:
+        """The run's training time so far, across resumptions (each checkpoint records its own)."""
+        return self._seconds_before + (time.time() - self._started if self._started is not None else 0.0)
 
     def _get_output_dir(self, trial) -> str:
         run_dir = super()._get_output_dir(trial)
@@ -70,6 +94,8 @@ class AtomicCheckpointMixin:
                 self.state.save_to_json(os.path.join(staging, name, TRAINER_STATE_NAME))
             if self.run_identity is not None:
                 self.run_identity.write(os.path.join(staging, name))
+            with open(os.path.join(staging, name, PROGRESS_FILE), "w") as file:
+                json.dump({"train_seconds": round(self.train_seconds, 1)}, file)
             if os.path.isdir(final):  # the same step saved twice (e.g. after a resume): keep the newer
                 shutil.rmtree(final)
             os.replace(os.path.join(staging, name), final)

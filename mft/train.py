@@ -18,7 +18,6 @@ import os
 import shlex
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +91,19 @@ def longest_row(objective, tokenizer, dataset: TokenizedDataset) -> int:
         special = dataclasses.replace(special, mask_token_id=tokenizer.eos_token_id)
     longest_example = max(dataset.examples, key=lambda example: len(example["input_ids"]))
     return max(len(row) for row in MFTCollator(objective, tokenizer, special=special).rows(longest_example))
+
+
+def run_train_loss(log_history: list[dict[str, Any]]) -> str:
+    """The mean training loss of the whole run, from the losses logged every `logging_steps` (each
+    the mean of the steps since the one before), weighted by the steps each covers; unlike the
+    Trainer's `train_loss`, it also covers the steps before a resume."""
+    total, steps, last_step = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            total += entry["loss"] * (entry["step"] - last_step)
+            steps += entry["step"] - last_step
+            last_step = entry["step"]
+    return f"{total / steps:.4f}" if steps else "n/a"
 
 
 def finished_run_results(checkpoint: str, output_dir: Path) -> dict[str, Any] | None:
@@ -200,9 +212,8 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
     trainer = MFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=qa or None,
                          data_collator=collator, processing_class=tokenizer, run_identity=identity)
     stage("training")
-    started = time.time()
     trainer.train(resume_from_checkpoint=resume_from)
-    train_seconds = time.time() - started
+    train_seconds = trainer.train_seconds  # the whole run's, also after a resume
     trainer.save_model()
     trainer.save_state()  # trainer_state.json: the whole log history, also when no checkpoint was kept
 
@@ -221,7 +232,8 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
         details = {"objective": recipe.objective_name, "decoding": trainer.decoding,
                    "model": recipe.model.name_or_path or f"{recipe.model.architecture} from scratch",
                    "fine-tuning": recipe.peft.method, "steps": trainer.state.global_step,
-                   "train seconds": f"{train_seconds:.0f}", "trainable parameters": f"{trainable:,}"}
+                   "train seconds": f"{train_seconds:.0f}", "train loss": run_train_loss(trainer.state.log_history),
+                   "trainable parameters": f"{trainable:,}"}
         write_report(output_dir, results, trainer.state.log_history, title, details, predictions if qa else None)
         summary = ", ".join(f"{d} {m['exact_match']:.3f} (n={m['n']})" for d, m in results.items())
         print(f"mft: done in {train_seconds:.0f} s; exact match: {summary or 'no QA set'}; "

@@ -214,3 +214,29 @@ def test_a_full_disk_while_saving_says_so_and_keeps_the_previous_checkpoint(tmp_
     from mft.checkpoints import _disk_full
 
     assert _disk_full(OSError(errno.ENOSPC, "No space left on device")) and not _disk_full(OSError(errno.EACCES, "x"))
+
+
+def test_after_a_resume_the_report_covers_the_whole_run(tmp_path):
+    from mft.checkpoints import read_train_seconds
+
+    out = tmp_path / "run"
+    recipe = write(tmp_path, tiny_recipe(max_steps=20, save_strategy="steps", save_steps=10, save_total_limit=2))
+    assert main([recipe, f"training.output_dir={out}"]) == 0
+    whole = (out / "report.md").read_text()
+    seconds_at_10 = read_train_seconds(str(out / "checkpoint-10"))
+    assert 0 < seconds_at_10 <= read_train_seconds(str(out / "checkpoint-20"))
+    for name in ("config.json", "model.safetensors"):  # as if killed after checkpoint-10 was written
+        (out / name).unlink()
+    import shutil
+
+    shutil.rmtree(out / "checkpoint-20")
+    (out / "checkpoint-10" / "mft_progress.json").write_text(json.dumps({"train_seconds": 1000.0}))  # a long first part
+    assert main([recipe, f"training.output_dir={out}", "training.resume_from_checkpoint=true"]) == 0
+    resumed = (out / "report.md").read_text()
+
+    def row(report: str, name: str) -> str:
+        return next(line for line in report.splitlines() if line.startswith(f"| {name} |")).split("|")[2].strip()
+
+    assert row(resumed, "train loss") == row(whole, "train loss")  # the same 20 steps' losses
+    assert 1000 <= float(row(resumed, "train seconds")) < 1000 + 120  # the time before the kill is counted
+    assert read_train_seconds(str(out / "checkpoint-20")) >= 1000
