@@ -240,3 +240,21 @@ def test_after_a_resume_the_report_covers_the_whole_run(tmp_path):
     assert row(resumed, "train loss") == row(whole, "train loss")  # the same 20 steps' losses
     assert 1000 <= float(row(resumed, "train seconds")) < 1000 + 120  # the time before the kill is counted
     assert read_train_seconds(str(out / "checkpoint-20")) >= 1000
+
+
+def test_mft_eval_of_a_killed_runs_latest_checkpoint_works(tmp_path, capsys):
+    from mft import cli
+    from mft.data import RetrievalTask, write_jsonl
+
+    out = tmp_path / "run"
+    assert main([write(tmp_path), f"training.output_dir={out}"]) == 0
+    for name in ("config.json", "model.safetensors"):  # as if killed after its last checkpoint
+        (out / name).unlink()
+    qa = tmp_path / "qa.jsonl"
+    write_jsonl(qa, RetrievalTask(num_pairs=24, tokens_per_entity=2, query_fraction=0.5, seed=0).build().qa)
+    capsys.readouterr()
+    assert cli.main(["eval", str(out), "--qa", str(qa)]) == 2
+    line = one_error_line(capsys)
+    assert "not a finished run" in line and f"mft eval {out / 'checkpoint-20'}" in line
+    assert cli.main(["eval", str(out / "checkpoint-20"), "--qa", str(qa), "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["forward"]["n"] > 0
