@@ -171,6 +171,7 @@ class OutputFolderLock:
         self.note = ""  # set when a stale lock was taken over
 
     def __enter__(self) -> "OutputFolderLock":
+        self.created = not self.path.parent.exists()  # removed again if the run leaves it empty
         self.path.parent.mkdir(parents=True, exist_ok=True)
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "started": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -200,3 +201,5 @@ class OutputFolderLock:
     def __exit__(self, *exc) -> None:
         if self._holder().get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
+            if self.created and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()  # a run refused before writing anything leaves no folder behind

@@ -268,3 +268,11 @@ def test_a_bad_value_is_one_line_naming_its_field(tmp_path, capsys, no_model, ov
     line = error_line(capsys, [write_recipe(tmp_path, tiny_raw(tmp_path)), *overrides])
     assert named in line
     assert not (tmp_path / "out").exists()  # nothing written: no folder, no resolved_recipe.yaml
+
+
+def test_a_run_refused_over_its_data_leaves_no_folder(tmp_path, capsys, no_model):
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"txt": "alpha"}) + "\n")
+    raw = data_recipe(tmp_path, train)
+    error_line(capsys, [write_recipe(tmp_path, raw)])
+    assert not (tmp_path / "out").exists()
