@@ -34,7 +34,8 @@ from .models import build_model, count_parameters, load_tokenizer
 from .models.loading import ensure_mask_token, ensure_pad_token, load_pretrained
 from .models.peft import apply_peft, quantization_config
 from .objectives import SpecialTokens
-from .run_folder import OutputFolderLock, RunIdentity, check_checkpoint_readable, check_fresh_start, check_resume
+from .run_folder import (OutputFolderLock, RunIdentity, check_checkpoint_readable, check_fresh_start, check_resume,
+                         checkpoints)
 from .trainer import MFTTrainer, QASet
 
 USAGE = "usage: python -m mft.train RECIPE.yaml [section.key=value ...]   e.g. training.max_steps=100"
@@ -112,12 +113,14 @@ def finished_run_results(checkpoint: str, output_dir: Path) -> dict[str, Any] | 
     state_file = Path(checkpoint) / "trainer_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     done = state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]
-    saved = (output_dir / "config.json").is_file() or (output_dir / "adapter_config.json").is_file()
+    saved = any((output_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
+                                                           "pytorch_model.bin", "adapter_model.safetensors"))
     if not (done and saved):
         return None
     results_file = output_dir / "eval_results.json"
-    print(f"mft: {output_dir} is a finished run (step {state['global_step']} of {state['max_steps']}); nothing to "
-          f"resume. Its results: {results_file if results_file.is_file() else 'none saved'}", flush=True)
+    print(f"mft: {output_dir} is a finished run of this recipe (step {state['global_step']} of {state['max_steps']}); "
+          f"nothing to do (training.overwrite_output_dir=true trains it again). Its results: "
+          f"{results_file if results_file.is_file() else 'none saved'}", flush=True)
     return json.loads(results_file.read_text()) if results_file.is_file() else {}
 
 
@@ -181,6 +184,12 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
         if finished is not None:
             return finished
     else:
+        existing = checkpoints(output_dir)
+        saved = RunIdentity.read(existing[-1]) if existing else None
+        if saved is not None and not args.overwrite_output_dir and not identity.differences(saved):
+            finished = finished_run_results(str(existing[-1]), output_dir)  # the same run, run again
+            if finished is not None:
+                return finished
         replaced = check_fresh_start(identity, output_dir, args.overwrite_output_dir)
     data, tokenizer, objective, train_dataset = prepare(recipe, data, resume_from)
     if lead:

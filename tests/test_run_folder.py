@@ -53,9 +53,12 @@ def test_a_new_run_is_refused_in_a_folder_with_another_runs_checkpoints(tmp_path
     assert main([write(tmp_path), f"training.output_dir={out}", "training.learning_rate=1.0e-3"]) == 2
     line = one_error_line(capsys)
     assert "of another run" in line and "checkpoint-20" in line and "overwrite_output_dir=true" in line
-    # the same run started again is refused too (its checkpoints would be mixed with the new ones)
+    # the same run, killed before its end and started again without resuming, is refused too (its
+    # checkpoints would be mixed with the new ones)
+    (out / "model.safetensors").rename(tmp_path / "model.safetensors")
     assert main([write(tmp_path), f"training.output_dir={out}"]) == 2
     assert "of this same run" in one_error_line(capsys)
+    (tmp_path / "model.safetensors").rename(out / "model.safetensors")
     after = load_file(out / "model.safetensors")
     assert all((before[name] == after[name]).all() for name in before)  # nothing was touched
 
@@ -168,9 +171,12 @@ def test_resuming_a_finished_run_does_nothing_and_says_so(tmp_path, capsys):
     before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
     capsys.readouterr()
     assert main([write(tmp_path), f"training.output_dir={out}", "training.resume_from_checkpoint=true"]) == 0
-    assert "is a finished run (step 20 of 20); nothing to resume" in capsys.readouterr().out
+    assert "is a finished run of this recipe (step 20 of 20); nothing to do" in capsys.readouterr().out
     after = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
     assert after == before  # no step past max_steps, no new checkpoint, nothing rewritten
+    assert main([write(tmp_path), f"training.output_dir={out}"]) == 0  # the same command again: the same answer
+    assert "nothing to do" in capsys.readouterr().out
+    assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
 
 
 @pytest.mark.parametrize("damage, named", [
