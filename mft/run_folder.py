@@ -31,14 +31,15 @@ IDENTITY_FILE = "mft_run.json"
 LOCK_FILE = ".mft.lock"
 
 # Training settings that do not change what is trained: where and how often the run logs,
-# evaluates, saves and pushes, and on what hardware it runs. Prefixes.
+# evaluates, saves and pushes, on what hardware it runs, and how the same loss is computed
+# (activation checkpointing, the LM head's chunking). Prefixes.
 NOT_IDENTITY = ("output_dir", "overwrite_output_dir", "logging_", "log_", "eval_", "per_device_eval_batch_size",
                 "save_", "push_to_hub", "hub_", "report_to", "disable_tqdm", "resume_from_checkpoint", "run_name",
                 "max_new_tokens", "decoding", "dataloader_", "use_cpu", "deepspeed", "ddp_", "fsdp", "include_",
                 "torch_compile", "debug", "skip_memory_metrics", "load_best_model_at_end", "metric_for_best_model",
                 "greater_is_better", "prediction_loss_only", "label_names", "accelerator_config",
                 "parallelism_config", "restore_callback_states_from_checkpoint", "activation_checkpointing",
-                "gradient_checkpointing", "project", "trackio_")
+                "gradient_checkpointing", "project", "trackio_", "logits_chunk_size", "full_logits")
 # Data settings that name where the rows are, not what they are (the rows themselves are hashed).
 NOT_IDENTITY_DATA = ("train_file", "train_dataset", "qa_file")
 
