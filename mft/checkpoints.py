@@ -18,7 +18,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .errors import MFTError
-from .run_folder import RunIdentity
+from .run_folder import RunIdentity, checkpoints
 
 STAGING_DIR = ".checkpoint-staging"
 PROGRESS_FILE = "mft_progress.json"  # the run's training seconds up to the checkpoint
@@ -75,8 +75,8 @@ class AtomicCheckpointMixin:
             if not _disk_full(error):
                 raise
             shutil.rmtree(staging, ignore_errors=True)
-            previous = [name for name in os.listdir(run_dir) if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")]
-            kept = max(previous, key=lambda name: int(name.split("-")[-1]), default=None)
+            complete = checkpoints(run_dir)
+            kept = complete[-1].name if complete else None
             raise MFTError(f"the disk is full: {PREFIX_CHECKPOINT_DIR}-{self.state.global_step} could not be written "
                            f"in {run_dir}; "
                            + (f"the previous checkpoint {kept} is intact: free some space, then resume with "

@@ -68,6 +68,11 @@ class RunIdentity:
             found.append("the training rows")
         return found
 
+    def owns(self, folder: str | Path) -> bool:
+        """Whether `folder` (a run folder or checkpoint) carries this very identity."""
+        saved = RunIdentity.read(folder)
+        return saved is not None and not self.differences(saved)
+
     def write(self, folder: str | Path) -> None:
         (Path(folder) / IDENTITY_FILE).write_text(json.dumps({"recipe": self.recipe, "data": self.data}, indent=1) + "\n")
 
@@ -147,8 +152,7 @@ def check_fresh_start(identity: RunIdentity, output_dir: str | Path, overwrite: 
     found = checkpoints(output_dir)
     if not found or overwrite:
         return found
-    saved = RunIdentity.read(found[-1])
-    whose = "of this same run" if saved is not None and not identity.differences(saved) else "of another run"
+    whose = "of this same run" if identity.owns(found[-1]) else "of another run"
     raise RecipeError(f"{output_dir} holds checkpoints {whose} ({found[-1].name}); continue it with "
                       f"training.resume_from_checkpoint=true, start afresh with training.overwrite_output_dir=true "
                       f"(deletes them), or choose another training.output_dir")

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .collator import MFTCollator
 from .config import Recipe, load_recipe
@@ -131,7 +130,8 @@ def checkpoint_to_resume(args) -> str | None:
     resume = args.resume_from_checkpoint
     if resume is not True:
         return resume or None
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    complete = checkpoints(args.output_dir)
+    last = str(complete[-1]) if complete else None
     print(f"mft: resuming from {last}" if last else f"mft: no checkpoint in {args.output_dir} yet; starting fresh",
           flush=True)
     return last
@@ -185,8 +185,7 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
             return finished
     else:
         existing = checkpoints(output_dir)
-        saved = RunIdentity.read(existing[-1]) if existing else None
-        if saved is not None and not args.overwrite_output_dir and not identity.differences(saved):
+        if existing and not args.overwrite_output_dir and identity.owns(existing[-1]):
             finished = finished_run_results(str(existing[-1]), output_dir)  # the same run, run again
             if finished is not None:
                 return finished
