@@ -21,7 +21,7 @@ _EXPORTS = {
     "MLM": "objectives", "MLMU": "objectives", "PLM": "objectives", "MaskedReconstruct": "objectives",
     "MaskedSFT": "objectives", "Mixture": "objectives", "OBJECTIVES": "objectives", "build_objective": "objectives",
     "MFTCollator": "collator", "SFTRowsCollator": "collator",
-    "MFTConfig": "config", "ModelConfig": "config", "load_recipe": "config",
+    "MFTConfig": "training_args", "ModelConfig": "config", "load_recipe": "config",
     "MFTLoss": "loss", "weighted_token_loss": "loss",
     "MFTLossMixin": "trainer", "MFTMixin": "trainer", "MFTTrainer": "trainer", "QASet": "eval",
 }

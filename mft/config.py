@@ -1,4 +1,4 @@
-"""Configuration: `MFTConfig` (the Trainer's arguments) and the YAML recipe that a run is made from.
+"""The YAML recipe that a run is made from, read and checked without importing transformers.
 
 A recipe has these sections (each a mapping):
 
@@ -13,7 +13,10 @@ Recipes are read with a safe YAML loader (no object construction from tags; YAML
 `section.key=value` are parsed as YAML scalars; overriding `objective.name` or `task.name` with
 another name drops that section's options from the file (they belong to the old one). Every key is checked against the dataclass it
 configures; an unknown key, a wrong type or an impossible value is a `RecipeError`: one line that
-names the field and the fix, raised before any model is built.
+names the field and the fix, raised before any model is built. The whole check needs torch (the
+objectives) but not transformers: the training section is checked against `training_fields()`, a
+table of `MFTConfig`'s fields cached per transformers version, and the `MFTConfig` itself (the
+~4 s import of transformers, peft and bitsandbytes) is built last, once everything else passed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -32,120 +37,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from transformers import TrainingArguments
 
+from .checks import check_training, check_type
 from .data import TASKS
 from .errors import RecipeError
 from .objectives import MODEL_KINDS, OBJECTIVES, Objective, build_objective
 from .utils import redact, writable_folder
 
-__all__ = ["MFTConfig", "ModelConfig", "PeftOptions", "DataFiles", "Recipe", "RecipeError", "load_recipe",
-           "parse_recipe", "apply_override", "read_yaml", "validate_recipe", "model_kind", "mft_option"]
-
-
-def _default_report_to() -> str:
-    return "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
-
-
-@dataclass
-class MFTConfig(TrainingArguments):
-    """`TrainingArguments` with mft's defaults and evaluation options (TRL's SFTConfig pattern)."""
-
-    decoding: Literal["causal", "masked", "masked_any_order"] | None = field(
-        default=None,
-        metadata={"help": "How answers are generated at evaluation: 'causal' (left-to-right with causal "
-                          "attention), 'masked' (left-to-right masked decoding, bidirectional attention) or "
-                          "'masked_any_order' (masked decoding, the most confident slot first). "
-                          "Default: the objective's natural one."},
-    )
-    max_new_tokens: int = field(
-        default=16, metadata={"help": "Longest answer generated at evaluation (also mft eval's and the model card's)."})
-    attention_anneal_steps: int = field(
-        default=0,
-        metadata={"help": "Anneal bidirectional objectives from causal attention over the first N steps: at "
-                          "step t each permission to attend to a later token is kept with probability t/N. "
-                          "0 = no annealing."},
-    )
-    full_logits: bool = field(
-        default=False,
-        metadata={"help": "Compute full-vocabulary logits at every position, the straightforward path. By "
-                          "default the LM head runs only on the positions a loss is taken at, in chunks."},
-    )
-    logits_chunk_size: int = field(
-        default=2048,
-        metadata={"help": "Predicted positions per LM-head chunk; above one chunk each chunk's logits are "
-                          "recomputed in the backward pass instead of being kept."},
-    )
-    prompt_gradient: bool = field(
-        default=True,
-        metadata={"help": "Backpropagate through each row's prompt (the positions before its first predicted "
-                          "token). false: the prompt columns run once without gradient and the rest attends to "
-                          "their cached keys and values: the same loss, a gradient that reaches the weights only "
-                          "through the predicted part (an approximation), and a cheaper step for long prompts "
-                          "(masked_reconstruct: ~1.4x ar instead of ~2.2x). It costs the reversal: on "
-                          "recipes/smollm2_facts_masked.yaml backward exact match fell from 0.67 to 0.07 "
-                          "(BENCHMARKS.md); not for learning facts. Causal objectives only, without packing or "
-                          "gradient checkpointing."},
-    )
-    pack_length: int = field(
-        default=0,
-        metadata={"help": "Pack each batch's rows into rows of exactly this many tokens (each example attending "
-                          "only inside itself, positions restarting): no compute on padding. 0 = no packing."},
-    )
-    report_to: None | str | list[str] = field(
-        default_factory=_default_report_to,
-        metadata={"help": "Logging integrations; tensorboard when it is installed."},
-    )
-    remove_unused_columns: bool = field(default=False, metadata={"help": "mft's collator needs every column."})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Start afresh in an output_dir that holds an earlier run's checkpoints, deleting them. "
-                          "false: such a folder is refused (resume it, or choose another folder)."},
-    )
-    resume_from_checkpoint: str | bool | None = field(
-        default=None,
-        metadata={"help": "A checkpoint folder to resume from, or true: the last complete checkpoint in "
-                          "output_dir when there is one, else a fresh start (for jobs that are requeued)."},
-    )
-
-    def __post_init__(self):
-        if self.learning_rate < 0:
-            raise RecipeError(f"learning_rate = {self.learning_rate}; use a learning rate >= 0, e.g. 1e-4")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
-                raise RecipeError(f"{name} = {getattr(self, name)}; use at least 1")
-        if str(self.save_strategy) in ("steps", "SaveStrategy.STEPS") and self.save_steps <= 0:
-            raise RecipeError(f"save_steps = {self.save_steps} with save_strategy: steps would write no checkpoint "
-                              f"until the end (a killed run would lose everything); give save_steps > 0, or "
-                              f"save_strategy: no / epoch")
-        if self.logits_chunk_size < 1:
-            raise RecipeError(f"logits_chunk_size = {self.logits_chunk_size}; use a positive number of positions")
-        if self.pack_length < 0:
-            raise RecipeError(f"pack_length = {self.pack_length}; use 0 (no packing) or a row length in tokens")
-        if not self.prompt_gradient and (self.activation_checkpointing or self.gradient_checkpointing):
-            raise RecipeError("prompt_gradient = false reuses the prompt's cached keys and values, which activation "
-                              "checkpointing drops; set activation_checkpointing: false or prompt_gradient: true")
-        if not self.prompt_gradient and self.pack_length:
-            raise RecipeError("prompt_gradient = false needs one example per row; set pack_length: 0 or "
-                              "prompt_gradient: true")
-        if self.max_new_tokens < 1:
-            raise RecipeError(f"max_new_tokens = {self.max_new_tokens}; an answer needs at least 1 new token")
-        if self.attention_anneal_steps < 0:
-            raise RecipeError(f"attention_anneal_steps = {self.attention_anneal_steps}; use 0 (off) or more steps")
-        if self.deepspeed and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):
-            raise RecipeError("deepspeed is set in the recipe and the accelerate config turns DeepSpeed on too; keep "
-                              "one source of truth: drop training.deepspeed (the accelerate config names its JSON) "
-                              "or launch without a DeepSpeed accelerate config")
-        if isinstance(self.deepspeed, str) and not os.path.isfile(self.deepspeed):
-            raise RecipeError(f"deepspeed = {self.deepspeed}: no such file; give a DeepSpeed JSON such as "
-                              f"accelerate_configs/deepspeed/zero2.json")
-        super().__post_init__()
-
-
-def mft_option(args, name: str) -> Any:
-    """mft's option `name` from a Trainer's arguments: an `MFTConfig`, or any other
-    `TrainingArguments` (e.g. TRL's SFTConfig), which then gets MFTConfig's default."""
-    return getattr(args, name, MFTConfig.__dataclass_fields__[name].default)
+__all__ = ["ModelConfig", "PeftOptions", "DataFiles", "Recipe", "RecipeError", "load_recipe", "parse_recipe",
+           "apply_override", "read_yaml", "validate_recipe", "model_kind", "training_fields"]
 
 
 @dataclass
@@ -255,7 +155,7 @@ class Recipe:
     peft: PeftOptions
     objective_name: str
     objective_options: dict[str, Any]
-    training: MFTConfig
+    training: MFTConfig  # while the recipe is checked: the same fields as a `types.SimpleNamespace`
     task_name: str | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
     data: DataFiles | None = None
@@ -293,7 +193,7 @@ DERIVED_TRAINING_FIELDS = {"local_rank", "logging_dir", "gradient_checkpointing"
                            "hub_token"}
 
 
-def training_values(training: MFTConfig) -> dict[str, Any]:
+def training_values(training: "MFTConfig") -> dict[str, Any]:
     """Every training argument as resolved (enums as their values), for resolved_recipe.yaml."""
     values = training.to_dict()
     return {field.name: values[field.name] for field in dataclasses.fields(training)
@@ -406,11 +306,12 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
     if "output_dir" in raw.get("training", {}) and not raw["training"]["output_dir"]:
         raise RecipeError("training.output_dir is empty; give the folder the run writes to, or leave the key out "
                           "for runs/<recipe name>")
-    training = _build_dataclass("training", MFTConfig, raw.get("training", {}))
+    training_options = _check_training_section(raw.get("training", {}))
     recipe = Recipe(model=model, peft=peft, objective_name=objective_name, objective_options=objective_options,
-                    training=training, task_name=task_name, task_options=task_options, data=data, raw=raw)
+                    training=_training_namespace(training_options), task_name=task_name, task_options=task_options,
+                    data=data, raw=raw)
     validate_recipe(recipe)
-    return recipe
+    return dataclasses.replace(recipe, training=_build_training(training_options))  # imports transformers
 
 
 def with_pretrained_defaults(section: dict[str, Any]) -> dict[str, Any]:
@@ -465,7 +366,8 @@ def validate_recipe(recipe: Recipe) -> None:
     if recipe.task_name:
         recipe.build_task()
     training, model = recipe.training, recipe.model
-    writable_folder("training.output_dir", Path(training.output_dir))
+    if training.output_dir:  # else TrainingArguments' default folder
+        writable_folder("training.output_dir", Path(training.output_dir))
     kind = model_kind(model)
     if model.name_or_path and not model.add_bos_token:
         raise RecipeError("model.add_bos_token = false applies to from-scratch models (their task tokenizer); a "
@@ -544,15 +446,77 @@ def _build_dataclass(section: str, cls: type, values: dict[str, Any]):
         checked[key] = check_type(f"{section}.{key}", value, hints[key])
     try:
         return cls(**checked)
-    except RecipeError as error:
-        if cls is MFTConfig:  # its messages name the bare field, as TrainingArguments' own do
-            raise RecipeError(f"{section}: {error}") from None
-        raise
     except TypeError as error:  # a required field is missing
         missing = str(error).split("argument:")[-1].strip().strip("'") if "argument" in str(error) else str(error)
         raise RecipeError(f"{section}.{missing} is required; add it to the recipe") from None
-    except (ValueError, ImportError) as error:  # TrainingArguments' own checks
-        raise RecipeError(f"{section}: {str(error).splitlines()[0]}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the training section
+
+
+def training_fields() -> dict[str, dict[str, Any]]:
+    """`MFTConfig`'s fields (name -> {"type": type spec, "default": value}) without importing
+    transformers: read from a cache file keyed by the installed transformers version and by mft's
+    own code that defines the table; built (importing transformers, once) when there is none."""
+    sources = b"".join((Path(__file__).parent / name).read_bytes() for name in ("training_args.py", "checks.py"))
+    key = f"{importlib.metadata.version('transformers')}-{hashlib.sha256(sources).hexdigest()[:16]}"
+    cache = _cache_folder() / f"training_fields-{key}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    from .training_args import training_field_table
+
+    table = training_field_table()
+    try:  # written whole or not at all; a cache that cannot be written only costs time
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(table))
+        os.replace(partial, cache)
+    except OSError:
+        pass
+    return table
+
+
+def _cache_folder() -> Path:
+    if os.environ.get("MFT_CACHE"):
+        return Path(os.environ["MFT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mft"
+
+
+def _check_training_section(values: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's training options, each a known field of the right type, obeying mft's rules."""
+    if "output_dir" in values and not values["output_dir"]:
+        raise RecipeError("training.output_dir is empty; give the folder the run writes to, or leave the key out "
+                          "for runs/<recipe name>")
+    fields = training_fields()
+    checked = {}
+    for key, value in values.items():
+        _check_known(key, fields, "training option", prefix="training.")
+        checked[key] = check_type(f"training.{key}", value, fields[key]["type"])
+    try:
+        check_training(_training_namespace(checked))
+    except RecipeError as error:  # the rules name the bare field, as TrainingArguments' own messages do
+        raise RecipeError(f"training: {error}") from None
+    return checked
+
+
+def _training_namespace(options: dict[str, Any]) -> types.SimpleNamespace:
+    """The training fields as the recipe sets them over the defaults: what the checks read before
+    an `MFTConfig` exists."""
+    defaults = {name: spec["default"] for name, spec in training_fields().items()}
+    return types.SimpleNamespace(**{**defaults, **options})
+
+
+def _build_training(options: dict[str, Any]):
+    from .training_args import MFTConfig
+
+    try:
+        return MFTConfig(**options)
+    except (ValueError, ImportError) as error:  # TrainingArguments' own checks (RecipeError is a ValueError)
+        message = str(error).splitlines()[0]
+        raise RecipeError(message if message.startswith("training") else f"training: {message}") from None
 
 
 def _check_known(key: str, known, what: str, prefix: str = "") -> None:
@@ -561,80 +525,3 @@ def _check_known(key: str, known, what: str, prefix: str = "") -> None:
     close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
     hint = f"; did you mean {prefix}{close[0]!s}?" if close else f"; known: {', '.join(map(str, known))}"
     raise RecipeError(f"unknown {what} {prefix}{key}{hint}")
-
-
-# ---------------------------------------------------------------------------------------------
-# type checking
-
-
-def check_type(path: str, value: Any, annotation: Any) -> Any:
-    """Return `value` (converted where YAML is ambiguous, e.g. '1e-4' for a float) if it fits the
-    annotation, else raise a RecipeError naming `path`."""
-    ok, converted = _fits(value, annotation)
-    if not ok:
-        raise RecipeError(f"{path} = {value!r} has the wrong type: expected {_describe(annotation)}")
-    return converted
-
-
-def _fits(value: Any, annotation: Any) -> tuple[bool, Any]:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is Any or annotation is object:
-        return True, value
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return type(None) in args, None
-        for option in args:
-            if option is not type(None):
-                ok, converted = _fits(value, option)
-                if ok:
-                    return True, converted
-        return False, value
-    if annotation is type(None):
-        return value is None, value
-    if origin is Literal:
-        return value in args, value
-    if annotation is bool:
-        return isinstance(value, bool), value
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        return False, value
-    if annotation is str:
-        return isinstance(value, str), value
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return value in {member.value for member in annotation}, value
-    if origin is list or annotation is list:
-        if not isinstance(value, list):
-            return False, value
-        if args:
-            converted = []
-            for item in value:
-                ok, item = _fits(item, args[0])
-                if not ok:
-                    return False, value
-                converted.append(item)
-            return True, converted
-        return True, value
-    if origin is dict or annotation is dict:
-        return isinstance(value, dict), value
-    return True, value
-
-
-def _describe(annotation: Any) -> str:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if annotation is type(None):
-        return "null"
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return "one of " + ", ".join(repr(m.value) for m in annotation)
-    return getattr(annotation, "__name__", str(annotation))

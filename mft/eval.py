@@ -15,7 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .config import MFTConfig, mft_option, read_yaml
+from .config import read_yaml
+from .training_args import MFTConfig, mft_option
 from .data.schema import DIRECTIONS, read_rows, validate_qa_row
 from .data.tokenize import encode_prompt
 from .decoding import generate

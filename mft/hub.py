@@ -304,7 +304,7 @@ def model_card(output_dir: str | Path, *, repo_id: str | None = None) -> str:
     Nothing from the environment is read, and keys that may hold a secret are left out (`redact`)."""
     from huggingface_hub import ModelCardData
 
-    from .config import MFTConfig
+    from .training_args import MFTConfig
     from .models.loading import MASK_TOKEN
 
     output_dir = Path(output_dir)
@@ -361,7 +361,8 @@ CARD_TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "wei
 def _card_training(training: dict[str, Any]) -> dict[str, Any]:
     """The resolved training settings worth a card row: `CARD_TRAINING_KEYS`, and the others that
     differ from MFTConfig's defaults (a resolved recipe lists all ~120), without local paths."""
-    from .config import MFTConfig, training_values
+    from .config import training_values
+    from .training_args import MFTConfig
 
     defaults = training_values(MFTConfig(output_dir="."))
     return {key: value for key, value in training.items() if key not in LOCAL_KEYS

@@ -6,7 +6,9 @@ with `MFTTrainer`, evaluate forward/backward QA, and leave in `training.output_d
     the trained model and tokenizer, resolved_recipe.yaml, eval_results.json, report.md, accuracy.png
 
 Every check of the recipe and the data runs before the model is built; a problem exits with
-status 2 and one line on stderr that names the field and the fix.
+status 2 and one line on stderr that names the field and the fix. The heavy libraries (transformers,
+and through it peft and bitsandbytes: ~4 s) are imported inside the functions that build things,
+so that a bad recipe is reported before they load (BENCHMARKS.md: time to the error line).
 """
 
 from __future__ import annotations
@@ -21,21 +23,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import AutoTokenizer, set_seed
-
-from .collator import MFTCollator
 from .config import Recipe, load_recipe
+from .data import TaskData, load_data_files
 from .errors import MFTError, RecipeError, unforeseen_error_line
-from .data import TaskData, TokenizedDataset, build_word_tokenizer, load_data_files, row_texts
-from .eval import flatten_metrics, write_report
-from .models import build_model, count_parameters, load_tokenizer
-from .models.loading import ensure_mask_token, ensure_pad_token, load_pretrained
-from .models.peft import apply_peft, quantization_config
 from .objectives import SpecialTokens
 from .run_folder import (OutputFolderLock, RunIdentity, check_checkpoint_readable, check_fresh_start, check_resume,
                          checkpoints)
-from .trainer import MFTTrainer, QASet
 
 USAGE = "usage: python -m mft.train RECIPE.yaml [section.key=value ...]   e.g. training.max_steps=100"
 
@@ -52,6 +45,12 @@ def prepare(recipe: Recipe, data: TaskData | None = None, resume_from: str | Non
     """Everything that can fail on bad input, before any model exists: data, objective, tokenizer,
     examples. Returns (data, tokenizer, objective, train_dataset). A from-scratch model resuming from
     `resume_from` takes the tokenizer saved in that checkpoint (its vocabulary is the trained one)."""
+    from transformers import AutoTokenizer
+
+    from .data.tokenize import TokenizedDataset, build_word_tokenizer, row_texts
+    from .models import load_tokenizer
+    from .models.loading import ensure_pad_token
+
     data = load_data(recipe) if data is None else data
     if not data.train:
         raise RecipeError("the training set is empty; check the task sizes or data.train_file")
@@ -82,10 +81,12 @@ def prepare(recipe: Recipe, data: TaskData | None = None, resume_from: str | Non
     return data, tokenizer, objective, train_dataset
 
 
-def longest_row(objective, tokenizer, dataset: TokenizedDataset) -> int:
+def longest_row(objective, tokenizer, dataset) -> int:
     """The length of the longest row the objective makes from the longest example (rows can be
     longer than examples: masked_reconstruct shows a masked copy first). A pretrained tokenizer gets
     its mask token only with the model (`load_model`); lengths do not depend on its id."""
+    from .collator import MFTCollator
+
     special = SpecialTokens.from_tokenizer(tokenizer)
     if special.mask_token_id is None:
         special = dataclasses.replace(special, mask_token_id=tokenizer.eos_token_id)
@@ -139,6 +140,12 @@ def checkpoint_to_resume(args) -> str | None:
 
 def load_model(recipe: Recipe, tokenizer, objective):
     """The model, with a mask token when the objective needs one, wrapped for full/LoRA/QLoRA."""
+    import torch
+
+    from .models import build_model
+    from .models.loading import ensure_mask_token, load_pretrained
+    from .models.peft import apply_peft, quantization_config
+
     if not recipe.model.name_or_path:
         model = build_model(recipe.model, tokenizer)
         return apply_peft(model, recipe.peft, activation_checkpointing=recipe.training.activation_checkpointing)
@@ -171,6 +178,13 @@ def run(recipe: Recipe) -> dict[str, Any]:
 
 
 def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
+    from transformers import set_seed
+
+    from .collator import MFTCollator
+    from .eval import flatten_metrics, write_report
+    from .models import count_parameters
+    from .trainer import MFTTrainer, QASet
+
     args = recipe.training
     output_dir = Path(args.output_dir)
     stage("preparing the data")

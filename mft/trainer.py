@@ -39,7 +39,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .checkpoints import AtomicCheckpointMixin
-from .config import mft_option
+from .training_args import mft_option
 from .errors import RecipeError
 from .eval import QAEvaluationMixin, QASet
 from .loss import MFTLoss, cache_argument, prompt_without_gradient, weighted_token_loss

@@ -1,8 +1,11 @@
 import os
+import tempfile
 
 # Tests never touch the network: the Hub is offline for every test (set before huggingface_hub is
 # imported, which reads it once), so mft's reachability check answers at once without a lookup.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# mft's cache (the training section's field table) goes to a folder of this test session, not ~/.cache.
+os.environ.setdefault("MFT_CACHE", tempfile.mkdtemp(prefix="mft-test-cache-"))
 
 import pytest
 import torch

@@ -4,6 +4,8 @@ row or path, before any model is built (`no_model`)."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -149,6 +151,19 @@ def test_an_output_dir_that_is_a_file_or_under_one_is_refused(tmp_path, capsys, 
     for output_dir, named in [(blocker, "is a file"), (blocker / "run", "lies under")]:
         line = error_line(capsys, [write_recipe(tmp_path, tiny_raw(tmp_path)), f"training.output_dir={output_dir}"])
         assert "training.output_dir" in line and named in line
+
+
+def test_a_read_only_output_dir_is_refused(tmp_path, capsys, no_model):
+    """A folder no file can be created in: a read-only folder, or (root writes through permission
+    bits) procfs, which refuses new files to everyone."""
+    if os.geteuid() == 0:
+        output_dir = Path("/proc/mft-run")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        output_dir = locked / "run"
+    line = error_line(capsys, [write_recipe(tmp_path, tiny_raw(tmp_path)), f"training.output_dir={output_dir}"])
+    assert "training.output_dir" in line and "cannot be written" in line
 
 
 def test_mft_data_out_that_is_a_file_is_refused(tmp_path, capsys):

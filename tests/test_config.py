@@ -58,7 +58,7 @@ def no_model(monkeypatch):
     """Bad input must be reported before a model exists: building one fails the test."""
     def build_model(*args, **kwargs):
         raise AssertionError("a model was built although the input is bad")
-    monkeypatch.setattr(mft.train, "build_model", build_model)
+    monkeypatch.setattr(mft.train, "load_model", build_model)
 
 
 

@@ -23,7 +23,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mft.collator import MFTCollator
-from mft.config import MFTConfig, ModelConfig, parse_recipe
+from mft.config import ModelConfig, parse_recipe
+from mft.training_args import MFTConfig
 from mft.data import RetrievalTask, TokenizedDataset, build_word_tokenizer, encode_prompt, row_texts
 from mft.decoding import generate, generate_causal, generate_masked, generate_masked_any_order
 from mft.models import build_model

@@ -258,7 +258,7 @@ def test_card_snippet_uses_the_runs_max_new_tokens(full_run):
 
 
 def test_card_snippet_default_max_new_tokens_is_mftconfigs(full_run):
-    from mft.config import MFTConfig
+    from mft.training_args import MFTConfig
 
     recipe = yaml.safe_load((full_run / "resolved_recipe.yaml").read_text())
     del recipe["training"]["max_new_tokens"]

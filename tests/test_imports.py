@@ -1,6 +1,8 @@
 """The package's import structure: no cycles, and a light import of the pure-torch parts."""
 
 import ast
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +93,39 @@ def test_the_top_level_is_lazy_and_complete():
 
     for name in mft.__all__:  # every advertised name resolves
         assert getattr(mft, name) is not None
+
+
+def test_a_bad_recipe_is_reported_without_importing_transformers(tmp_path):
+    """A recipe is checked before transformers (and peft, bitsandbytes: ~4 s) load, so a mistake is
+    reported in about a second and a half: the training section is checked against a cached table
+    of MFTConfig's fields. The first check builds the table; the second reads it."""
+    recipe = PACKAGE.parent / "recipes" / "quickstart.yaml"
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['mft.train', {str(recipe)!r}, 'training.learning_rat=1', "
+            f"'training.output_dir={tmp_path / 'run'}']\n"
+            "try:\n    runpy.run_module('mft.train', run_name='__main__')\n"
+            "except SystemExit as exit:\n    print('status', exit.code)\n"
+            "print('transformers loaded:', 'transformers' in sys.modules)")
+    env = {**os.environ, "MFT_CACHE": str(tmp_path / "cache")}
+    for attempt in ("builds the table", "reads the table"):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                cwd=PACKAGE.parent)
+        assert "status 2" in result.stdout, result.stderr
+        assert result.stderr.strip() == ("mft: error: unknown training option training.learning_rat; did you mean "
+                                         "training.learning_rate?")
+    assert "transformers loaded: False" in result.stdout  # the second time
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_cached_training_table_is_mftconfigs_own(tmp_path, monkeypatch):
+    from mft.config import training_fields
+    from mft.training_args import training_field_table
+
+    monkeypatch.setenv("MFT_CACHE", str(tmp_path))
+    built = training_fields()
+    assert built == training_field_table()
+    assert built["learning_rate"] == {"type": "float", "default": 5e-05}
+    assert built["max_new_tokens"]["default"] == 16  # mft's own fields are in it
+    [cache] = tmp_path.glob("training_fields-*.json")
+    cache.write_text("{not json")  # a damaged cache is rebuilt, not trusted
+    assert training_fields() == built and json.loads(cache.read_text()) == built

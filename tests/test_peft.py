@@ -113,7 +113,7 @@ def test_qlora_without_bitsandbytes_is_a_clear_error(monkeypatch):
 def test_qlora_on_a_from_scratch_model_is_refused_before_building(tmp_path, capsys, monkeypatch):
     import mft.train
 
-    monkeypatch.setattr(mft.train, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr(mft.train, "load_model", lambda *a, **k: pytest.fail("a model was built"))
     code = mft.train.main([str(ROOT / "recipes" / "quickstart.yaml"), "peft.method=qlora",
                            f"training.output_dir={tmp_path}"])
     assert code == 2 and "peft.method = qlora" in capsys.readouterr().err

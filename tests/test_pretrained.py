@@ -107,7 +107,7 @@ def test_saved_adapter_and_tokenizer_reload_to_the_same_logits(tmp_path):
 
 
 def test_flash_attention_is_refused_for_bidirectional_objectives(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(mft.train, "load_pretrained", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(mft.train, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     code, _, _ = mistral_wiki_on_tiny(tmp_path, "model.attn_implementation=flash_attention_2")
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mft:")]
     assert code == 2 and len(errors) == 1  # (other stderr lines: the test's own saving of the base model)
@@ -115,7 +115,7 @@ def test_flash_attention_is_refused_for_bidirectional_objectives(tmp_path, capsy
 
 
 def test_missing_model_path_is_one_line_before_loading(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(mft.train, "load_pretrained", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(mft.train, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     train, qa = write_data(tmp_path)
     code = mft.train.main([str(ROOT / "recipes" / "mistral_wiki.yaml"), f"model.name_or_path={tmp_path / 'nope'}",
                            f"data.train_file={train}", f"data.qa_file={qa}", "training.use_cpu=true"])

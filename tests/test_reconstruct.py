@@ -128,7 +128,7 @@ def test_masked_reconstruct_trains_from_a_recipe(tmp_path):
 
 
 def test_the_length_check_counts_the_masked_copy(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(mft.train, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr(mft.train, "load_model", lambda *a, **k: pytest.fail("a model was built"))
     recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
     # retrieval examples are at most 8 tokens and fit in 16 positions; their reconstruction rows are
     # bos + 6 masked copy + 4 instruction words + 6 target + eos = 18 tokens

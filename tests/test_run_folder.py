@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+import mft.data.tokenize
 from mft.run_folder import LOCK_FILE, OutputFolderLock, RunIdentity
 from mft.train import main
 
@@ -96,8 +97,8 @@ def test_a_resumed_from_scratch_run_takes_its_tokenizer_from_the_checkpoint(tmp_
     out = tmp_path / "run"
     assert main([write(tmp_path), f"training.output_dir={out}"]) == 0
     built = []
-    real = mft.train.build_word_tokenizer
-    monkeypatch.setattr(mft.train, "build_word_tokenizer", lambda *a, **k: built.append(1) or real(*a, **k))
+    real = mft.data.tokenize.build_word_tokenizer
+    monkeypatch.setattr(mft.data.tokenize, "build_word_tokenizer", lambda *a, **k: built.append(1) or real(*a, **k))
     assert main([write(tmp_path), f"training.output_dir={out}",
                  f"training.resume_from_checkpoint={out / 'checkpoint-10'}"]) == 0
     assert built == []  # the vocabulary came from checkpoint-10, not from the data again

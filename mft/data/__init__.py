@@ -1,4 +1,9 @@
-"""Data: schemas and loaders, tokenization, and the papers' task generators."""
+"""Data: schemas and loaders, tokenization, and the papers' task generators.
+
+The tokenization names are imported on first use (PEP 562): they need transformers, and the recipe
+check (`mft.config`) needs only the task generators."""
+
+import importlib
 
 from .bios import BioSTask
 from .facts import FactsTask
@@ -7,9 +12,18 @@ from .retrieval import RetrievalTask
 from .star_graph import StarGraphTask
 from .schema import TaskData, load_data_files, write_jsonl
 from .wikireversal import WikiReversalTask
-from .tokenize import TokenizedDataset, build_word_tokenizer, encode_prompt, encode_row, row_texts
 
 TASKS = {task.name: task for task in (RetrievalTask, RelationshipTask, BioSTask, StarGraphTask, FactsTask, WikiReversalTask)}
 
-__all__ = ["TASKS", "BioSTask", "FactsTask", "RelationshipTask", "RetrievalTask", "StarGraphTask", "TaskData", "WikiReversalTask", "TokenizedDataset", "build_word_tokenizer", "encode_prompt",
-           "encode_row", "load_data_files", "row_texts", "write_jsonl"]
+_TOKENIZE_NAMES = ("TokenizedDataset", "build_word_tokenizer", "encode_prompt", "encode_row", "row_texts")
+
+__all__ = ["TASKS", "BioSTask", "FactsTask", "RelationshipTask", "RetrievalTask", "StarGraphTask", "TaskData",
+           "WikiReversalTask", "load_data_files", "write_jsonl", *_TOKENIZE_NAMES]
+
+
+def __getattr__(name: str):
+    if name in _TOKENIZE_NAMES:
+        value = getattr(importlib.import_module(".tokenize", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mft.data' has no attribute {name!r}")
