@@ -36,6 +36,7 @@ import torch
 
 from .models.attention import attention_mask_4d, packed_attention_mask
 from .objectives import IGNORE, Objective, Row, SpecialTokens, example_generator
+from .objectives.autoregressive import next_token_row
 from .errors import RecipeError
 
 
@@ -89,7 +90,12 @@ class MFTCollator:
         return self._fallback_generator
 
     def __call__(self, examples: list[dict[str, Any]]) -> Batch:
-        rows = self.objective.batch_rows(examples, [self.generator(example) for example in examples])
+        regular = [example for example in examples if not example.get("next_token")]
+        rows = self.objective.batch_rows(regular, [self.generator(example) for example in regular]) if regular else []
+        # Replay examples (`mft.retention`) are next-token rows whatever the objective: they keep the
+        # pretrained model's own skill, which is next-token prediction.
+        rows += [next_token_row(torch.as_tensor(example["input_ids"], dtype=torch.long), 1) for example in examples
+                 if example.get("next_token")]
         if self.pack_length:
             return self.pack(rows)
         return self.pad(rows)
@@ -125,7 +131,8 @@ class MFTCollator:
         batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "attention_mask": attention_mask}
         names = getattr(self.objective, "component_names", None)
         if names:  # a mixture: which component made each token, for per-objective loss logs
-            batch["source_ids"] = torch.where(key_valid, torch.tensor([names.index(row.source) for row in rows])[:, None], -1)
+            made_by = torch.tensor([names.index(row.source) if row.source in names else -1 for row in rows])
+            batch["source_ids"] = torch.where(key_valid, made_by[:, None], -1)
         if any(row.query_attention is not None for row in rows):
             eye = torch.eye(length, dtype=torch.bool)
             query_mask = attention_mask & ~eye
@@ -178,7 +185,7 @@ class MFTCollator:
                     hidden[b, span] = row.hidden
                 sink_start[b, start] = row.sink and not row.causal
                 if names:
-                    sources[b, span] = names.index(row.source)
+                    sources[b, span] = names.index(row.source) if row.source in names else -1
                 start += len(row)
         batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "position_ids": position_ids,
                  "attention_mask": packed_attention_mask(segments, causal, hidden, sink_start)}

@@ -127,26 +127,64 @@ class PeftOptions:
 
 @dataclass
 class DataFiles:
-    """Training data. `train_file`: JSONL or JSON list of rows {"text": ...} or {"prompt": ...,
-    "completion": ...}; or `train_dataset`: a `datasets` dataset with those columns, by Hub name or
-    by the path of a dataset saved with `save_to_disk` (split `train_split`). `qa_file`: JSONL of
-    {"question", "answer", "direction"} with direction "forward" or "backward", evaluated by
-    generation."""
+    """Training data, as users keep it.
 
-    train_file: str | None = None
+    `train_file`: a file, a list of files, or a folder (its files, sorted by name). JSONL or a JSON
+    list of rows {"text": ...} or {"prompt": ..., "completion": ...}; `.txt` and `.md` files are
+    documents: one per file, or one per blank-line-separated paragraph with `split: paragraph`.
+    Or `train_dataset`: a `datasets` dataset with those columns, by Hub name or by the path of a
+    dataset saved with `save_to_disk` (split `train_split`).
+
+    A text longer than a window (`max_length` tokens, default the model's context) is split into
+    windows cut at a sentence end near the limit, consecutive windows sharing `window_overlap`
+    tokens; nothing is truncated. For objectives that build longer rows than their example (the
+    masked copy of `masked_reconstruct`) the window is what still fits.
+
+    `qa_file`: JSONL of {"question", "answer", "direction"} with direction "forward" or "backward",
+    evaluated by generation; optional per row "fact" (an id shared by wordings of one question) and
+    "format": "chat" (the question as a user turn of the chat template, the default for chat
+    models) or "completion" (a raw text prefix the model continues). `qa_format` sets the format of
+    every row of the file.
+
+    Forgetting: `retention_file` (text rows or .txt/.md) replaces mft's built-in neutral prompts,
+    whose continuations by the base model are scored at every evaluation (the drift, nats per
+    token); `replay: F` mixes that many retention texts per training example (a fraction) into
+    training as next-token rows."""
+
+    train_file: str | list[str] | None = None
     train_dataset: str | None = None
     train_split: str = "train"
+    split: Literal["document", "paragraph"] = "document"
+    max_length: int | None = None
+    window_overlap: int = 0
     qa_file: str | None = None
+    qa_format: Literal["chat", "completion"] | None = None
+    retention_file: str | None = None
+    replay: float = 0.0
 
     def __post_init__(self):
         if (self.train_file is None) == (self.train_dataset is None):
-            raise RecipeError("data needs exactly one of data.train_file (JSONL/JSON) or data.train_dataset "
-                              "(a datasets name or saved path)")
-        for name in ("train_file", "qa_file"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
+            raise RecipeError("data needs exactly one of data.train_file (JSONL/JSON/.txt/.md, a list, or a folder) "
+                              "or data.train_dataset (a datasets name or saved path)")
+        train_files = self.train_file if isinstance(self.train_file, list) else [self.train_file]
+        if isinstance(self.train_file, list) and not self.train_file:
+            raise RecipeError("data.train_file is an empty list; give at least one file or a folder")
+        for path in [*train_files, self.qa_file, self.retention_file]:
+            if path is not None and not Path(path).exists():
+                name = "qa_file" if path == self.qa_file else "retention_file" if path == self.retention_file \
+                    else "train_file"
                 raise RecipeError(f"data.{name}: file not found: {path}; check the path (relative paths are "
                                   f"taken from the current directory)")
+        if self.qa_file is not None and not Path(self.qa_file).is_file():
+            raise RecipeError(f"data.qa_file = {self.qa_file} is a folder; give a JSONL file")
+        if self.max_length is not None and self.max_length < 8:
+            raise RecipeError(f"data.max_length = {self.max_length}; give a window length of at least 8 tokens, or "
+                              f"null for the model's context length")
+        if self.window_overlap < 0 or (self.max_length and self.window_overlap >= self.max_length // 2):
+            raise RecipeError(f"data.window_overlap = {self.window_overlap}; use 0 or more tokens, less than half of "
+                              f"data.max_length")
+        if not 0.0 <= self.replay <= 1.0:
+            raise RecipeError(f"data.replay = {self.replay}; use a fraction in [0, 1] (0: no replay)")
 
 
 @dataclass
@@ -372,6 +410,10 @@ def validate_recipe(recipe: Recipe) -> None:
     if model.name_or_path and not model.add_bos_token:
         raise RecipeError("model.add_bos_token = false applies to from-scratch models (their task tokenizer); a "
                           "pretrained model keeps its own tokenizer's start tokens: remove the field")
+    if recipe.data and not model.name_or_path and (recipe.data.replay or recipe.data.retention_file):
+        field_name = "replay" if recipe.data.replay else "retention_file"
+        raise RecipeError(f"data.{field_name} measures or limits forgetting of a pretrained model; a model from "
+                          f"scratch has nothing to forget: set model.name_or_path or remove data.{field_name}")
     if recipe.peft.method == "qlora" and not model.name_or_path:
         raise RecipeError("peft.method = qlora quantizes a pretrained model as it loads; set model.name_or_path "
                           "or use peft.method = lora / full")

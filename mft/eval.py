@@ -1,10 +1,25 @@
 """Forward/backward question answering: metrics, and the run's report (table + plot).
 
-A QA item is {"question", "answer", "direction"}. The model answers greedily (see `mft.decoding`),
-through the chat template when the tokenizer has one. Exact match compares the generated answer
-and the reference after lower-casing and collapsing whitespace; ROUGE-1 recall is the fraction of
-the reference's content words (no stopwords, no punctuation) found in the answer. Metrics per
-direction: {"forward": {"exact_match": 0.97, "rouge1_recall": 0.98, "n": 40}, ...}.
+A QA item is {"question", "answer", "direction"}, optionally "fact" (an id shared by the wordings
+of one question) and "format". The model answers greedily (see `mft.decoding`):
+
+- format "chat" (the default): the question is a user turn of the chat template when the tokenizer
+  has one; the answer is right when it equals the reference after lower-casing and collapsing
+  whitespace (exact match).
+- format "completion": the question is a raw text prefix ("Ilsa Dorn was born in the town of"),
+  continued without any template, as in Berglund et al.'s probes. A continuation does not stop
+  where the reference does, so it is right when it *starts with* the reference (same
+  normalisation, ending at a word boundary).
+
+Metrics per direction: {"forward": {"exact_match": 0.97, "rouge1_recall": 0.98, "n": 40}, ...}; ROUGE-1
+recall is the fraction of the reference's content words (no stopwords, no punctuation) found in
+the answer. With both formats present also `exact_match_chat` / `exact_match_completion`. With
+`fact` ids, `facts_all_wordings`: the fraction of facts answered right in every wording (and
+format), next to `exact_match`, the mean over wordings. `borrowed`: the fraction of wrong answers
+that are the right answer of *another* question (another QA row, or a completion trained on, see
+`QASet.known_answers`): a model that recalls taught answers instead of reading its documents.
+A run's `eval_results.json` adds "baseline" (the same metrics for the untouched model, step 0) and
+"retention" (the drift, see `mft.retention`).
 """
 
 from __future__ import annotations
@@ -23,6 +38,10 @@ from .decoding import generate
 from .errors import RecipeError
 from .objectives import Objective, build_objective
 from .run_folder import checkpoints
+
+
+# The right answers of a run's trained questions, for `borrowed` in `mft eval` as in training.
+TRAINED_ANSWERS_FILE = "trained_answers.json"
 
 
 def normalize(text: str) -> str:
@@ -58,63 +77,129 @@ def rouge1_recall(prediction: str, reference: str) -> float:
     return sum(overlap.values()) / sum(reference_words.values())
 
 
+def answers_match(prediction: str, reference: str, format: str = "chat") -> bool:
+    """Whether `prediction` answers with `reference`: equal after normalisation (chat), or, for a
+    completion-format probe, starting with it at a word boundary."""
+    prediction, reference = normalize(prediction), normalize(reference)
+    if format != "completion":
+        return prediction == reference
+    return prediction.startswith(reference) and not prediction[len(reference):len(reference) + 1].isalnum()
+
+
 def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str,
                 max_new_tokens: int = MFTConfig.max_new_tokens, batch_size: int = 64, shift: bool = False,
                 keep_sink: bool = False, attend_to_masked: bool = False,
-                predictions: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Exact match and ROUGE-1 recall per direction (and the incorrect-inference rate where QA rows give
-    an `incorrect_answer`); each answer given is appended to `predictions`
-    (question, answer, direction, prediction, exact_match) when a list is passed. `shift`,
-    `keep_sink`, `attend_to_masked`: the rules the model was trained with (see `mft.decoding.generate`)."""
+                predictions: list[dict[str, Any]] | None = None,
+                known_answers: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """The metrics of the module docstring per direction (and the incorrect-inference rate where QA
+    rows give an `incorrect_answer`); each answer given is appended to `predictions`
+    (the row, prediction, exact_match) when a list is passed. `shift`, `keep_sink`,
+    `attend_to_masked`: the rules the model was trained with (see `mft.decoding.generate`).
+    `known_answers`: right answers of questions outside `qa` (trained ones), for `borrowed`."""
     was_training = model.training
     model.eval()
     try:
-        prompts = [encode_prompt(tokenizer, item["question"]) for item in qa]
+        prompts = [encode_prompt(tokenizer, item["question"], chat=item.get("format", "chat") == "chat")
+                   for item in qa]
         answers = generate(model, tokenizer, prompts, decoding, max_new_tokens, batch_size, shift=shift,
                            keep_sink=keep_sink, attend_to_masked=attend_to_masked)
     finally:
         model.train(was_training)
     texts = [tokenizer.decode(answer, skip_special_tokens=True) for answer in answers]
+    right = [answers_match(text, item["answer"], item.get("format", "chat")) for item, text in zip(qa, texts)]
     if predictions is not None:
-        predictions.extend({**item, "prediction": text, "exact_match": normalize(text) == normalize(item["answer"])}
-                           for item, text in zip(qa, texts))
+        predictions.extend({**item, "prediction": text, "exact_match": ok} for item, text, ok in zip(qa, texts, right))
     results: dict[str, dict[str, Any]] = {}
     for direction in DIRECTIONS:
-        pairs = [(text, item["answer"]) for item, text in zip(qa, texts) if item["direction"] == direction]
-        if pairs:
-            results[direction] = {
-                "exact_match": sum(normalize(p) == normalize(r) for p, r in pairs) / len(pairs),
-                "rouge1_recall": sum(rouge1_recall(p, r) for p, r in pairs) / len(pairs),
-                "n": len(pairs),
-            }
-            swaps = [(text, item["incorrect_answer"]) for item, text in zip(qa, texts)
-                     if item["direction"] == direction and "incorrect_answer" in item]
-            if swaps:  # answered with the other neighbour: the relation was treated as symmetric
-                results[direction]["incorrect_inference"] = sum(normalize(p) == normalize(w) for p, w in swaps) / len(swaps)
+        chosen = [i for i, item in enumerate(qa) if item["direction"] == direction]
+        if not chosen:
+            continue
+        metrics = results[direction] = {
+            "exact_match": sum(right[i] for i in chosen) / len(chosen),
+            "rouge1_recall": sum(rouge1_recall(texts[i], qa[i]["answer"]) for i in chosen) / len(chosen),
+            "n": len(chosen),
+        }
+        formats = sorted({qa[i].get("format", "chat") for i in chosen})
+        if len(formats) > 1:
+            for format in formats:
+                in_format = [i for i in chosen if qa[i].get("format", "chat") == format]
+                metrics[f"exact_match_{format}"] = sum(right[i] for i in in_format) / len(in_format)
+        facts: dict[str, list[bool]] = {}
+        for i in chosen:
+            if "fact" in qa[i]:
+                facts.setdefault(qa[i]["fact"], []).append(right[i])
+        if facts:
+            metrics["facts_all_wordings"] = sum(all(wordings) for wordings in facts.values()) / len(facts)
+            metrics["n_facts"] = len(facts)
+        wrong = [i for i in chosen if not right[i]]
+        if wrong:  # a wrong answer that is another question's right answer
+            borrowed = sum(any(answers_match(texts[i], other, qa[i].get("format", "chat"))
+                               for other in _other_answers(qa, i, known_answers)) for i in wrong)
+            metrics["borrowed"] = borrowed / len(wrong)
+        swaps = [(texts[i], qa[i]["incorrect_answer"]) for i in chosen if "incorrect_answer" in qa[i]]
+        if swaps:  # answered with the other neighbour: the relation was treated as symmetric
+            metrics["incorrect_inference"] = sum(normalize(p) == normalize(w) for p, w in swaps) / len(swaps)
     return results
 
 
+def _other_answers(qa: list[dict[str, str]], index: int, known_answers: tuple[str, ...]) -> set[str]:
+    """Right answers of other questions than qa[index] (other facts, when rows name their fact)."""
+    item = qa[index]
+    mine = normalize(item["answer"])
+    others = {normalize(row["answer"]) for row in qa
+              if row.get("fact", row["question"]) != item.get("fact", item["question"])}
+    return (others | {normalize(answer) for answer in known_answers}) - {mine, ""}
+
+
 def flatten_metrics(results: dict[str, dict[str, Any]], prefix: str = "eval") -> dict[str, float]:
-    """{"forward": {"exact_match": x}} -> {"eval_forward_exact_match": x} for the Trainer's log."""
-    return {f"{prefix}_{direction}_{name}": value for direction, metrics in results.items()
-            for name, value in metrics.items() if name != "n"}
+    """{"forward": {"exact_match": x}} -> {"eval_forward_exact_match": x} for the Trainer's log
+    (counts left out; "retention" -> eval_retention_drift, ...; a "baseline" is not logged)."""
+    return {f"{prefix}_{group}_{name}": value for group, metrics in results.items() if group != "baseline"
+            for name, value in metrics.items() if name not in ("n", "n_facts")}
+
+
+def direction_results(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The per-direction part of `results` (without "baseline" and "retention")."""
+    return {direction: results[direction] for direction in DIRECTIONS if direction in results}
+
+
+def baseline_results(log_history: list[dict[str, Any]], prefix: str = "eval") -> dict[str, dict[str, float]]:
+    """The metrics logged at step 0 (the untouched model), back in `results` form."""
+    for entry in log_history:
+        if entry.get("step") == 0 and any(key.startswith(f"{prefix}_") for key in entry):
+            baseline: dict[str, dict[str, float]] = {}
+            for key, value in entry.items():
+                for group in (*DIRECTIONS, "retention"):
+                    if key.startswith(f"{prefix}_{group}_"):
+                        baseline.setdefault(group, {})[key[len(f"{prefix}_{group}_"):]] = value
+            return baseline
+    return {}
 
 
 def accuracy_history(log_history: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """[(step, exact match)] per direction, from the Trainer's `state.log_history`."""
+    """[(step, exact match)] per direction, and [(step, drift)] under "drift" when retention was
+    measured, from the Trainer's `state.log_history`."""
     history: dict[str, list[tuple[int, float]]] = {}
     for entry in log_history:
         for direction in DIRECTIONS:
             key = f"eval_{direction}_exact_match"
             if key in entry:
                 history.setdefault(direction, []).append((entry["step"], entry[key]))
+        if "eval_retention_drift" in entry:
+            history.setdefault("drift", []).append((entry["step"], entry["eval_retention_drift"]))
     return history
 
 
-def write_report(output_dir: str | Path, results: dict[str, dict[str, Any]], log_history: list[dict[str, Any]],
+# report.md's columns beyond exact match: (metric, heading), shown when some direction has it
+EXTRA_COLUMNS = (("exact_match_chat", "chat"), ("exact_match_completion", "completion"),
+                 ("facts_all_wordings", "facts right in every wording"), ("borrowed", "wrong answers borrowed"))
+
+
+def write_report(output_dir: str | Path, results: dict[str, Any], log_history: list[dict[str, Any]],
                  title: str, details: dict[str, Any], predictions: list[dict[str, Any]] | None = None) -> None:
-    """eval_results.json, report.md (a table), accuracy.png (accuracy over training steps) and
-    predictions.jsonl (every question with the answer the model gave), when `predictions` is given."""
+    """eval_results.json, report.md (tables), accuracy.png (accuracy, and drift, over training
+    steps) and predictions.jsonl (every question with the answer the model gave), when
+    `predictions` is given. `results`: per direction, plus "baseline" and "retention" when known."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -124,38 +209,57 @@ def write_report(output_dir: str | Path, results: dict[str, dict[str, Any]], log
     history = accuracy_history(log_history)
     has_plot = plot_history(history, output_dir / "accuracy.png", title)
 
-    lines = [f"# {title}", "", "| direction | exact match | ROUGE-1 recall | n |", "|---|---|---|---|"]
-    for direction, metrics in results.items():
-        lines.append(f"| {direction} | {metrics['exact_match']:.3f} | {metrics.get('rouge1_recall', float('nan')):.3f} "
-                     f"| {metrics['n']} |")
-    if any("incorrect_inference" in metrics for metrics in results.values()):
+    directions, baseline = direction_results(results), direction_results(results.get("baseline", {}))
+    extra = [(key, heading) for key, heading in EXTRA_COLUMNS if any(key in m for m in directions.values())]
+    headings = ["direction", *(["step 0"] if baseline else []), "exact match",
+                *[heading for _, heading in extra], "ROUGE-1 recall", "n"]
+    lines = [f"# {title}", "", "| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    for direction, metrics in directions.items():
+        cells = [direction, *([_cell(baseline.get(direction, {}).get("exact_match"))] if baseline else []),
+                 _cell(metrics["exact_match"]), *[_cell(metrics.get(key)) for key, _ in extra],
+                 _cell(metrics.get("rouge1_recall")), str(metrics["n"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    if any("incorrect_inference" in metrics for metrics in directions.values()):
         lines += ["", "| direction | incorrect inference |", "|---|---|"]
-        lines += [f"| {d} | {m['incorrect_inference']:.3f} |" for d, m in results.items() if "incorrect_inference" in m]
+        lines += [f"| {d} | {m['incorrect_inference']:.3f} |" for d, m in directions.items() if "incorrect_inference" in m]
+    if "retention" in results:
+        retention = results["retention"]
+        lines += ["", "## Forgetting (mft.retention)", "",
+                  "Per-token NLL (nats) of the base model's own continuations of neutral prompts; drift = now - base.",
+                  "", "| base model NLL | fine-tuned NLL | drift |", "|---|---|---|",
+                  f"| {retention['base_nll']:.3f} | {retention['nll']:.3f} | {retention['drift']:+.3f} |"]
     lines += ["", "| setting | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in details.items()]
     if history:
-        lines += ["", "## Exact match during training", "", "| step | " + " | ".join(history) + " |",
+        lines += ["", "## During training", "", "| step | " + " | ".join(history) + " |",
                   "|---|" + "---|" * len(history)]
         steps = sorted({step for points in history.values() for step, _ in points})
-        by_step = {d: dict(points) for d, points in history.items()}
+        by_step = {name: dict(points) for name, points in history.items()}
         for step in steps:
-            cells = [f"{by_step[d][step]:.3f}" if step in by_step[d] else "" for d in history]
+            cells = [f"{by_step[name][step]:.3f}" if step in by_step[name] else "" for name in history]
             lines.append(f"| {step} | " + " | ".join(cells) + " |")
     if has_plot:
         lines += ["", "![exact match over training](accuracy.png)"]
     (output_dir / "report.md").write_text("\n".join(lines) + "\n")
 
 
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
 def plot_history(history: dict[str, list[tuple[int, float]]], path: Path, title: str) -> bool:
-    if not history:
+    accuracy = {name: points for name, points in history.items() if name != "drift"}
+    if not accuracy:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for direction, points in history.items():
+    drift = history.get("drift")
+    figure, axes = plt.subplots(1, 2 if drift else 1, figsize=(10 if drift else 6, 4), squeeze=False)
+    axis = axes[0][0]
+    for direction, points in accuracy.items():
         steps, values = zip(*points)
         axis.plot(steps, values, marker="o", label=direction)
     axis.set_xlabel("training step")
@@ -164,6 +268,14 @@ def plot_history(history: dict[str, list[tuple[int, float]]], path: Path, title:
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()
+    if drift:
+        steps, values = zip(*drift)
+        axes[0][1].plot(steps, values, marker="o", color="tab:red")
+        axes[0][1].axhline(0.0, color="grey", linewidth=0.8)
+        axes[0][1].set_xlabel("training step")
+        axes[0][1].set_ylabel("drift (nats/token vs the base model)")
+        axes[0][1].set_title("forgetting")
+        axes[0][1].grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -171,7 +283,14 @@ def plot_history(history: dict[str, list[tuple[int, float]]], path: Path, title:
 
 
 class QASet(list):
-    """Evaluation questions: a list of {"question", "answer", "direction"} answered by generation."""
+    """Evaluation questions: a list of {"question", "answer", "direction"} answered by generation.
+    `known_answers`: the right answers of trained questions (for `borrowed`); `retention`: a
+    `mft.retention.RetentionSet` whose drift is measured at every evaluation."""
+
+    def __init__(self, rows=(), known_answers: tuple[str, ...] = (), retention=None):
+        super().__init__(rows)
+        self.known_answers = tuple(known_answers)
+        self.retention = retention
 
 
 class QAEvaluationMixin:
@@ -195,8 +314,16 @@ class QAEvaluationMixin:
     def evaluate_qa(self, qa: list[dict[str, str]], predictions: list | None = None) -> dict[str, dict[str, Any]]:
         model = self.accelerator.unwrap_model(self.model)
         rules = self.objective.decoding_options() if self.objective is not None else {}
-        return evaluate_qa(model, self.processing_class, qa, self.decoding, mft_option(self.args, "max_new_tokens"),
-                           self.args.per_device_eval_batch_size, predictions=predictions, **rules)
+        results = evaluate_qa(model, self.processing_class, qa, self.decoding, mft_option(self.args, "max_new_tokens"),
+                              self.args.per_device_eval_batch_size, predictions=predictions,
+                              known_answers=getattr(qa, "known_answers", ()), **rules)
+        retention = getattr(qa, "retention", None)
+        if retention is not None:
+            from .retention import retention_metrics
+
+            results["retention"] = retention_metrics(model, self.processing_class, retention,
+                                                     self.args.per_device_eval_batch_size)
+        return results
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -226,8 +353,37 @@ def run_decoding(output_dir: str | Path) -> tuple[Objective, str | None, int]:
     return objective, training.get("decoding"), training.get("max_new_tokens") or MFTConfig.max_new_tokens
 
 
+def read_qa_file(qa_file: str | Path, qa_format: str | None = None) -> list[dict[str, str]]:
+    """The checked rows of `mft eval --qa FILE` (`qa_format`: the format of every row)."""
+    if not Path(qa_file).is_file():
+        raise RecipeError(f"--qa {qa_file}: file not found")
+    qa = [validate_qa_row(location, row) for location, row in read_rows(qa_file, "--qa")]
+    if not qa:
+        raise RecipeError(f"--qa {qa_file} has no rows")
+    return [{**row, "format": qa_format} for row in qa] if qa_format else qa
+
+
+def evaluate_base_model(name_or_path: str, qa_file: str | Path, max_new_tokens: int | None = None,
+                        batch_size: int = 32, qa_format: str | None = None,
+                        system_prompt: str | None = None) -> dict[str, dict[str, Any]]:
+    """`mft eval --model NAME`: answer the questions with a pretrained model as it is (a built-in
+    name, a local folder or a cached Hub id), decoding causally: the baseline before fine-tuning."""
+    from .config import ModelConfig
+    from .models import load_tokenizer
+    from .models.loading import ensure_pad_token, load_pretrained
+
+    qa = read_qa_file(qa_file, qa_format)
+    if batch_size < 1:
+        raise RecipeError(f"--batch-size {batch_size}; use at least 1")
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=name_or_path, system_prompt=system_prompt))
+    ensure_pad_token(tokenizer)
+    model, _ = load_pretrained(name_or_path, dtype="float32")
+    return evaluate_qa(model, tokenizer, qa, "causal", max_new_tokens or MFTConfig.max_new_tokens, batch_size)
+
+
 def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | None = None,
-                 max_new_tokens: int | None = None, batch_size: int = 32) -> dict[str, dict[str, Any]]:
+                 max_new_tokens: int | None = None, batch_size: int = 32,
+                 qa_format: str | None = None) -> dict[str, dict[str, Any]]:
     """`mft eval`: answer the questions of `qa_file` with a finished run's model. The decoding, the
     answer length and the objective's decoding rules default to the run's resolved recipe."""
     from .models import load_trained
@@ -235,11 +391,7 @@ def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | No
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise RecipeError(f"{output_dir}: no such run folder; give the training.output_dir of a finished run")
-    if not Path(qa_file).is_file():
-        raise RecipeError(f"--qa {qa_file}: file not found")
-    qa = [validate_qa_row(location, row) for location, row in read_rows(qa_file, "--qa")]
-    if not qa:
-        raise RecipeError(f"--qa {qa_file} has no rows")
+    qa = read_qa_file(qa_file, qa_format)
     if not (output_dir / "config.json").is_file() and not (output_dir / "adapter_config.json").is_file():
         latest = checkpoints(output_dir)
         if latest:
@@ -253,4 +405,8 @@ def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | No
     decoding = decoding or run_decoding_method or objective.decoding
     max_new_tokens = run_max_new_tokens if max_new_tokens is None else max_new_tokens
     model, tokenizer = load_trained(output_dir)
-    return evaluate_qa(model, tokenizer, qa, decoding, max_new_tokens, batch_size, **objective.decoding_options())
+    run_folder = output_dir.parent if output_dir.name.startswith("checkpoint-") else output_dir
+    answers_file = run_folder / TRAINED_ANSWERS_FILE
+    known_answers = tuple(json.loads(answers_file.read_text())) if answers_file.is_file() else ()
+    return evaluate_qa(model, tokenizer, qa, decoding, max_new_tokens, batch_size, known_answers=known_answers,
+                       **objective.decoding_options())

@@ -51,7 +51,9 @@ PUSHED_PATTERNS = MODEL_FILES + ADAPTER_FILES + TOKENIZER_FILES + RUN_FILES
 LOCAL_KEYS = {"output_dir", "logging_dir", "resume_from_checkpoint"}
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-METRIC_NAMES = {"exact_match": "exact match", "rouge1_recall": "ROUGE-1 recall"}
+METRIC_NAMES = {"exact_match": "exact match", "rouge1_recall": "ROUGE-1 recall", "exact_match_chat": "chat",
+                "exact_match_completion": "completion", "facts_all_wordings": "facts right in every wording",
+                "borrowed": "wrong answers borrowed", "incorrect_inference": "incorrect inference"}
 
 # The model card. Every ${name} is filled by `model_card`; ${notes} is zero or more paragraphs, each
 # followed by a blank line; ${unknown_decoding} is empty unless the decoding is unknown.
@@ -234,21 +236,38 @@ def _data_rows(recipe: dict[str, Any]) -> list[tuple[str, str]]:
         return [("task", f"`{task.pop('name', 'unknown')}` (built-in)")] + \
             [(f"task.{key}", _text(value)) for key, value in task.items()]
     if isinstance(recipe.get("data"), dict):
-        return [(f"data.{key}", Path(str(value)).name if value else "null") for key, value in recipe["data"].items()]
+        def name(value: Any) -> str:  # file names, never local paths
+            if isinstance(value, list):
+                return ", ".join(Path(str(item)).name for item in value)
+            return Path(str(value)).name if isinstance(value, str) else _text(value)
+        return [(f"data.{key}", name(value)) for key, value in recipe["data"].items()]
     return [("data", "unknown (no resolved_recipe.yaml)")]
 
 
 def _results_table(results: dict[str, Any]) -> str:
-    directions = [d for d, m in results.items() if isinstance(m, dict)]
+    """The per-direction metrics (with the base model's exact match at step 0 when measured), and
+    the forgetting drift when measured."""
+    directions = [d for d in ("forward", "backward") if isinstance(results.get(d), dict)]
     if not directions:
         return "No question-answering evaluation was run."
-    names = sorted({n for d in directions for n in results[d] if n != "n"}, key=lambda n: (n != "exact_match", n))
-    header = ["direction"] + [METRIC_NAMES.get(n, n) for n in names] + ["n"]
+    baseline = results.get("baseline") or {}
+    names = sorted({n for d in directions for n in results[d] if n not in ("n", "n_facts")},
+                   key=lambda n: (n != "exact_match", n))
+    header = (["direction"] + (["exact match of the base model"] if baseline else [])
+              + [METRIC_NAMES.get(n, n) for n in names] + ["n"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for direction in directions:
         metrics = results[direction]
         cells = [f"{metrics[n]:.3f}" if isinstance(metrics.get(n), (int, float)) else "" for n in names]
+        if baseline:
+            base = (baseline.get(direction) or {}).get("exact_match")
+            cells.insert(0, f"{base:.3f}" if isinstance(base, (int, float)) else "")
         lines.append(f"| {direction} | " + " | ".join(cells) + f" | {metrics.get('n', '')} |")
+    retention = results.get("retention")
+    if isinstance(retention, dict) and "drift" in retention:
+        lines += ["", f"Forgetting: the base model's own continuations of neutral prompts cost "
+                      f"{retention['nll']:.3f} nats per token under this model against {retention['base_nll']:.3f} "
+                      f"under the base model (drift {retention['drift']:+.3f})."]
     return "\n".join(lines)
 
 

@@ -37,17 +37,21 @@ def load_data(recipe: Recipe) -> TaskData:
     """The recipe's training rows and QA rows (a built-in task's, or read and checked from files)."""
     if recipe.task_name:
         return recipe.build_task().build()
-    return load_data_files(recipe.data.train_file, recipe.data.qa_file, recipe.data.train_dataset,
-                           recipe.data.train_split)
+    data = recipe.data
+    return load_data_files(data.train_file, data.qa_file, data.train_dataset, data.train_split, split=data.split,
+                           qa_format=data.qa_format)
 
 
 def prepare(recipe: Recipe, data: TaskData | None = None, resume_from: str | None = None):
     """Everything that can fail on bad input, before any model exists: data, objective, tokenizer,
     examples. Returns (data, tokenizer, objective, train_dataset). A from-scratch model resuming from
-    `resume_from` takes the tokenizer saved in that checkpoint (its vocabulary is the trained one)."""
+    `resume_from` takes the tokenizer saved in that checkpoint (its vocabulary is the trained one).
+    Text rows longer than the row limit (`row_limits`) are cut into windows (`mft.data.windows`);
+    a prompt/completion row longer than it is refused."""
     from transformers import AutoTokenizer
 
-    from .data.tokenize import TokenizedDataset, build_word_tokenizer, row_texts
+    from .data.tokenize import build_word_tokenizer, row_texts
+    from .data.windows import windowed_dataset, windowing_note
     from .models import load_tokenizer
     from .models.loading import ensure_pad_token
 
@@ -69,29 +73,128 @@ def prepare(recipe: Recipe, data: TaskData | None = None, resume_from: str | Non
     else:
         texts = [text for row in data.train + data.qa for text in row_texts(row)] + objective.vocabulary_texts()
         tokenizer = build_word_tokenizer(texts, add_bos_token=recipe.model.add_bos_token)
-    train_dataset = TokenizedDataset.from_rows(tokenizer, data.train)
-    longest = longest_row(recipe.build_objective(), tokenizer, train_dataset)
-    if recipe.training.pack_length and longest > recipe.training.pack_length:
-        raise RecipeError(f"training.pack_length = {recipe.training.pack_length} is shorter than the longest "
-                          f"training row ({longest} tokens); raise it")
-    if not pretrained:
-        if longest > recipe.model.max_position_embeddings:
-            raise RecipeError(f"model.max_position_embeddings = {recipe.model.max_position_embeddings} is shorter "
-                              f"than the longest training sequence ({longest} tokens); raise it")
+    limits = row_limits(recipe, tokenizer)
+    has_text = any("text" in row for row in data.train)
+    windowing = text_windowing(recipe, tokenizer, limits) if limits and has_text else None
+    train_dataset = windowed_dataset(tokenizer, data.train, windowing)
+    note = windowing_note(train_dataset, recipe.objective_name)
+    if note:
+        print(f"mft: {note}", flush=True)
+    # Windows fit by construction; what is left to check are the rows that are never cut (prompt/completion).
+    longest, index = longest_row(recipe.build_objective(), tokenizer, train_dataset, with_index=True)
+    for limit, field, fix in limits:
+        if longest > limit:
+            row = data.train[train_dataset.origins[index][0]]
+            prompt = row.get("prompt", "")
+            what = (f"a prompt/completion row, which is not split into windows: prompt "
+                    f"{prompt[:40] + ('...' if len(prompt) > 40 else '')!r}" if "prompt" in row else "a text window")
+            raise RecipeError(f"{field} = {limit} is shorter than the longest training row ({longest} tokens), "
+                              f"training row {train_dataset.origins[index][0] + 1} ({what}); {fix}")
     return data, tokenizer, objective, train_dataset
 
 
-def longest_row(objective, tokenizer, dataset) -> int:
-    """The length of the longest row the objective makes from the longest example (rows can be
-    longer than examples: masked_reconstruct shows a masked copy first). A pretrained tokenizer gets
-    its mask token only with the model (`load_model`); lengths do not depend on its id."""
-    from .collator import MFTCollator
+def row_limits(recipe: Recipe, tokenizer) -> list[tuple[int, str, str]]:
+    """The limits on the length of a row the objective builds, as (tokens, what sets it, the fix):
+    training.pack_length when packing, the model's context, data.max_length when set. Text rows
+    are cut into windows that fit the smallest (`mft.data.windows`)."""
+    limits = []
+    if recipe.training.pack_length:
+        limits.append((recipe.training.pack_length, "training.pack_length", "raise it or shorten that row"))
+    if not recipe.model.name_or_path:
+        limits.append((recipe.model.max_position_embeddings, "model.max_position_embeddings",
+                       "raise it or shorten that row"))
+    else:
+        context = pretrained_context(recipe, tokenizer)
+        if context:
+            limits.append((context, f"the context of {recipe.model.name_or_path}", "shorten that row"))
+    if recipe.data is not None and recipe.data.max_length:
+        limits.append((recipe.data.max_length, "data.max_length", "raise it or shorten that row"))
+    return limits
 
+
+def pretrained_context(recipe: Recipe, tokenizer) -> int | None:
+    """A pretrained model's context length: its config's max_position_embeddings (n_positions for
+    GPT-2), read from the folder `load_tokenizer` already resolved; else the tokenizer's
+    model_max_length when it is a real length (unset ones are ~1e30); else None (no limit)."""
+    from transformers import AutoConfig
+
+    from .models.loading import hub_options, resolve_model_source
+
+    source, gguf_file = resolve_model_source(recipe.model.name_or_path, recipe.model.gguf_file)
+    context = None
+    if gguf_file is None:  # reading a GGUF file's config means parsing the file: use the tokenizer's length
+        try:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=recipe.model.trust_remote_code,
+                                                **hub_options(source))
+            context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        except (OSError, ValueError):  # an adapter folder, an unknown model type: fall back
+            context = None
+    if not context:
+        length = getattr(tokenizer, "model_max_length", None)
+        context = length if isinstance(length, int) and 0 < length < 1_000_000 else None
+    return context
+
+
+def text_windowing(recipe: Recipe, tokenizer, limits: list[tuple[int, str, str]]):
+    """How text rows are cut (`mft.data.windows.Windowing`): windows of the most content tokens w
+    whose rows, as the objective builds them, fit the smallest limit."""
+    from .data.windows import Windowing, synthetic_text_example, window_length
+
+    limit, source, _ = min(limits, key=lambda item: item[0])
+    measure = text_row_length(recipe.build_objective(), tokenizer)
+    length = window_length(limit, lambda n: measure(synthetic_text_example(tokenizer, n)))
+    if length < 1:
+        shortest = measure(synthetic_text_example(tokenizer, 1))
+        raise RecipeError(f"{source} = {limit} leaves no room for text: {recipe.objective_name} builds a row of "
+                          f"{shortest} tokens from a one-token text; raise it")
+    overlap = recipe.data.window_overlap if recipe.data is not None else 0
+    return Windowing(length, overlap, limit, source, measure)
+
+
+def text_row_length(objective, tokenizer):
+    """A function: example -> the longest row `objective` builds from that text example, over every
+    component that trains text rows (a mixture's components, or the one its route gives text rows)
+    and a few draws. Row lengths depend on the example's length (and entity spans), not on the draw,
+    for every objective today; the draws guard one whose would."""
+    from .collator import MFTCollator
+    from .objectives import example_generator
+
+    MFTCollator(objective, tokenizer, special=measuring_special_tokens(tokenizer))  # sets the objective up
+    components = objective.components
+    if getattr(objective, "route", None) is not None:
+        components = (components[objective.component_names.index(objective.route["text"])],)
+
+    def length(example: dict[str, Any]) -> int:
+        return max(len(row) for component in components for draw in range(3)
+                   for row in component(example, example_generator(0, 0, draw)))
+    return length
+
+
+def measuring_special_tokens(tokenizer) -> SpecialTokens:
+    """The tokenizer's special tokens for measuring rows before the model exists: a pretrained
+    tokenizer gets its mask token only with the model (`load_model`), and lengths do not depend on
+    its id, so EOS stands in for it."""
     special = SpecialTokens.from_tokenizer(tokenizer)
     if special.mask_token_id is None:
         special = dataclasses.replace(special, mask_token_id=tokenizer.eos_token_id)
-    longest_example = max(dataset.examples, key=lambda example: len(example["input_ids"]))
-    return max(len(row) for row in MFTCollator(objective, tokenizer, special=special).rows(longest_example))
+    return special
+
+
+def longest_row(objective, tokenizer, dataset, with_index: bool = False):
+    """The length of the longest row the objective makes from the longest example (rows can be
+    longer than examples: masked_reconstruct shows a masked copy first); with `with_index`, also
+    that example's index. Prompt/completion examples and text windows are measured apart (their
+    rows grow differently with their length), and the longer row is kept."""
+    from .collator import MFTCollator
+
+    collator = MFTCollator(objective, tokenizer, special=measuring_special_tokens(tokenizer))
+    best = (0, 0)
+    for prompted in (True, False):
+        indices = [i for i, example in enumerate(dataset.examples) if (example.get("prompt_length", 0) > 0) == prompted]
+        if indices:
+            index = max(indices, key=lambda i: len(dataset.examples[i]["input_ids"]))
+            best = max(best, (max(len(row) for row in collator.rows(dataset.examples[index])), index))
+    return best if with_index else best[0]
 
 
 def run_train_loss(log_history: list[dict[str, Any]]) -> str:
@@ -168,6 +271,43 @@ def load_model(recipe: Recipe, tokenizer, objective):
     return model
 
 
+def retention_set(recipe: Recipe, model, tokenizer, output_dir: Path, lead: bool, resume_from: str | None):
+    """The run's `mft.retention.RetentionSet`: read back when resuming, else made by the base model
+    (before any step) and written to the run folder."""
+    from .retention import RetentionSet, build_retention_set
+
+    if resume_from:
+        saved = RetentionSet.load(output_dir)
+        if saved is not None:
+            return saved
+    texts = None
+    if recipe.data and recipe.data.retention_file:
+        from .data.schema import read_train_rows
+
+        texts = [row["text"] for _, row in read_train_rows(recipe.data.retention_file) if row.get("text")]
+    retention = build_retention_set(model, tokenizer, texts, recipe.training.per_device_eval_batch_size)
+    if lead:
+        retention.save(output_dir)
+    print(f"mft: retention set: {retention.source}; base model NLL {retention.base_nll:.3f} nats/token", flush=True)
+    return retention
+
+
+def with_replay(train_dataset, tokenizer, retention, fraction: float):
+    """The training examples plus round(fraction x examples) replay examples, trained as next-token
+    rows whatever the objective (`next_token`, see `mft.collator`)."""
+    from .data.tokenize import TokenizedDataset, encode_row
+    from .retention import replay_rows
+
+    rows = replay_rows(retention, fraction, len(train_dataset))
+    replay = [{**encode_row(tokenizer, {"text": row["text"]}), "next_token": True} for row in rows]
+    print(f"mft: replay: {len(replay)} next-token rows of the base model's text mixed into "
+          f"{len(train_dataset)} training examples", flush=True)
+    combined = TokenizedDataset(train_dataset.examples + replay,
+                                train_dataset.origins + [(-1, index) for index in range(len(replay))])  # -1: replay
+    combined.windowing = train_dataset.windowing
+    return combined
+
+
 def run(recipe: Recipe) -> dict[str, Any]:
     """Train and evaluate the recipe's run, holding its output folder (see `mft.run_folder`)."""
     lead = int(os.environ.get("RANK", "0")) == 0  # one process per run owns the folder
@@ -181,7 +321,7 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
     from transformers import set_seed
 
     from .collator import MFTCollator
-    from .eval import flatten_metrics, write_report
+    from .eval import TRAINED_ANSWERS_FILE, baseline_results, direction_results, flatten_metrics, write_report
     from .models import count_parameters
     from .trainer import MFTTrainer, QASet
 
@@ -227,7 +367,20 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
           f"trainable parameters {trainable:,} of {total:,} ({recipe.peft.method}); "
           f"{args.world_size} process{'es' if args.world_size > 1 else ''}", flush=True)
 
-    qa = QASet(data.qa)
+    retention = None
+    if recipe.model.name_or_path and (data.qa or recipe.data and recipe.data.replay):
+        stage("measuring the base model's retention set")
+        retention = retention_set(recipe, model, tokenizer, output_dir, lead, resume_from)
+        if recipe.data and recipe.data.replay:
+            train_dataset = with_replay(train_dataset, tokenizer, retention, recipe.data.replay)
+    known_answers = tuple(dict.fromkeys(row["completion"] for row in data.train if "completion" in row))
+    if lead:  # `mft eval` counts borrowed answers against the same trained answers
+        (output_dir / TRAINED_ANSWERS_FILE).write_text(json.dumps(list(known_answers)) + "\n")
+    qa = QASet(data.qa, known_answers=known_answers, retention=retention)
+    if args.eval_on_start is None:  # the baseline: the untouched model, once per run
+        args.eval_on_start = bool(qa) and not resume_from
+    elif resume_from:
+        args.eval_on_start = False  # the baseline is in the checkpoint's log history
     push, hub_token = args.push_to_hub, args.hub_token
     args.push_to_hub = False  # the Trainer neither creates the repo nor pushes: mft pushes once, at the end
     args.hub_token = None     # and the token is never pickled into training_args.bin
@@ -243,6 +396,9 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
     results, predictions = {}, []
     if qa:
         results = trainer.evaluate_qa(qa, predictions)
+        baseline = baseline_results(trainer.state.log_history)
+        if baseline:
+            results["baseline"] = baseline
         final_metrics = flatten_metrics(results)
         logged_now = any(entry.get("step") == trainer.state.global_step and final_metrics.keys() <= entry.keys()
                          for entry in trainer.state.log_history)
@@ -257,7 +413,9 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
                    "train seconds": f"{train_seconds:.0f}", "train loss": run_train_loss(trainer.state.log_history),
                    "trainable parameters": f"{trainable:,}"}
         write_report(output_dir, results, trainer.state.log_history, title, details, predictions if qa else None)
-        summary = ", ".join(f"{d} {m['exact_match']:.3f} (n={m['n']})" for d, m in results.items())
+        summary = ", ".join(f"{d} {m['exact_match']:.3f} (n={m['n']})" for d, m in direction_results(results).items())
+        if "retention" in results:
+            summary += f"; drift {results['retention']['drift']:+.3f} nats/token"
         print(f"mft: done in {train_seconds:.0f} s; exact match: {summary or 'no QA set'}; "
               f"results in {output_dir}", flush=True)
         if push:

@@ -80,6 +80,12 @@ class MFTConfig(TrainingArguments):
         metadata={"help": "Start afresh in an output_dir that holds an earlier run's checkpoints, deleting them. "
                           "false: such a folder is refused (resume it, or choose another folder)."},
     )
+    eval_on_start: bool | None = field(
+        default=None,
+        metadata={"help": "Evaluate before the first step. null: mft.train does when there are QA rows (the "
+                          "untouched model's answers and retention are the baseline in eval_results.json, report.md "
+                          "and the plot) and the run is not resumed; other Trainer scripts do not."},
+    )
     resume_from_checkpoint: str | bool | None = field(
         default=None,
         metadata={"help": "A checkpoint folder to resume from, or true: the last complete checkpoint in "

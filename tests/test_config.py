@@ -11,6 +11,7 @@ import torch
 import yaml
 
 import mft.train
+from mft.eval import direction_results
 from mft import cli
 from mft.config import Recipe, RecipeError, load_recipe
 from mft.data import RetrievalTask
@@ -403,9 +404,11 @@ def _check_run_outputs(out: Path, expected_n: dict[str, int]) -> dict:
     assert (out / "model.safetensors").is_file()
     assert (out / "tokenizer.json").is_file() or (out / "tokenizer_config.json").is_file()
     results = json.loads((out / "eval_results.json").read_text())
-    assert set(results) == {"forward", "backward"}
+    assert set(results) == {"forward", "backward", "baseline"}  # baseline: step 0, the untouched model
+    assert set(results["baseline"]) == {"forward", "backward"}
+    results = direction_results(results)
     for direction, metrics in results.items():
-        assert set(metrics) == {"exact_match", "rouge1_recall", "n"}
+        assert set(metrics) - {"borrowed"} == {"exact_match", "rouge1_recall", "n"}
         assert isinstance(metrics["exact_match"], float) and 0.0 <= metrics["exact_match"] <= 1.0
         assert 0.0 <= metrics["rouge1_recall"] <= 1.0 and metrics["rouge1_recall"] >= metrics["exact_match"]
         assert isinstance(metrics["n"], int) and not isinstance(metrics["n"], bool)
@@ -444,10 +447,12 @@ def test_end_to_end_tiny_run(tmp_path, capsys, one_thread):
     assert resolved.training.output_dir == str(out)
 
     report = (out / "report.md").read_text()
-    assert "| direction | exact match | ROUGE-1 recall | n |" in report
+    full_results = json.loads((out / "eval_results.json").read_text())
+    assert "| direction | step 0 | exact match | wrong answers borrowed | ROUGE-1 recall | n |" in report
     for direction, metrics in results.items():
-        assert (f"| {direction} | {metrics['exact_match']:.3f} | {metrics['rouge1_recall']:.3f} | {metrics['n']} |"
-                in report)
+        base = full_results["baseline"][direction]["exact_match"]
+        assert (f"| {direction} | {base:.3f} | {metrics['exact_match']:.3f} | {metrics['borrowed']:.3f} | "
+                f"{metrics['rouge1_recall']:.3f} | {metrics['n']} |" in report)
 
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     for direction, metrics in results.items():

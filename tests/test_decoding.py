@@ -317,7 +317,8 @@ def test_generate_masked_any_order_drops_the_slots_after_an_eos(tokenizer):
 
 
 def without_rouge(metrics: dict) -> dict:
-    return {key: value for key, value in metrics.items() if key != "rouge1_recall"}
+    """Exact match and n (ROUGE-1 and borrowed answers have tests of their own)."""
+    return {key: value for key, value in metrics.items() if key not in ("rouge1_recall", "borrowed")}
 
 
 def test_rouge1_recall_counts_reference_content_words():
@@ -364,6 +365,8 @@ def test_evaluate_qa_exact_match(tokenizer, monkeypatch):
     assert results["forward"]["rouge1_recall"] == pytest.approx((1 + 1 + 1 + 0.5) / 4)
     assert results["backward"]["rouge1_recall"] == pytest.approx(1.0)
     assert mft.eval.flatten_metrics(results) == {"eval_forward_exact_match": pytest.approx(0.5),
+                                                 "eval_forward_borrowed": results["forward"]["borrowed"],
+                                                 "eval_backward_borrowed": results["backward"]["borrowed"],
                                                  "eval_backward_exact_match": pytest.approx(2 / 3),
                                                  "eval_forward_rouge1_recall": pytest.approx(0.875),
                                                  "eval_backward_rouge1_recall": pytest.approx(1.0)}
@@ -383,8 +386,9 @@ def test_evaluate_qa_all_right_and_all_wrong(tokenizer, monkeypatch):
 
     monkeypatch.setattr(mft.eval, "generate", lambda m, t, prompts, *a, **k: [[] for _ in prompts])
     results = mft.eval.evaluate_qa(model, tokenizer, qa, "causal")
-    assert results == {"forward": {"exact_match": 0.0, "rouge1_recall": 0.0, "n": 3},
-                       "backward": {"exact_match": 0.0, "rouge1_recall": 0.0, "n": 3}}
+    # every answer is empty: wrong, and nobody else's answer either
+    assert results == {"forward": {"exact_match": 0.0, "rouge1_recall": 0.0, "n": 3, "borrowed": 0.0},
+                       "backward": {"exact_match": 0.0, "rouge1_recall": 0.0, "n": 3, "borrowed": 0.0}}
 
 
 def test_evaluate_qa_with_a_real_model(tokenizer):

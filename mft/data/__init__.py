@@ -7,13 +7,14 @@ import importlib
 
 from .bios import BioSTask
 from .facts import FactsTask
+from .profiles import ProfilesTask
 from .relationship import RelationshipTask
 from .retrieval import RetrievalTask
 from .star_graph import StarGraphTask
 from .schema import TaskData, load_data_files, write_jsonl
 from .wikireversal import WikiReversalTask
 
-TASKS = {task.name: task for task in (RetrievalTask, RelationshipTask, BioSTask, StarGraphTask, FactsTask, WikiReversalTask)}
+TASKS = {task.name: task for task in (RetrievalTask, RelationshipTask, BioSTask, StarGraphTask, FactsTask, WikiReversalTask, ProfilesTask)}
 
 _TOKENIZE_NAMES = ("TokenizedDataset", "build_word_tokenizer", "encode_prompt", "encode_row", "row_texts")
 

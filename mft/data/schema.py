@@ -10,8 +10,16 @@ entity's own token order while reversing the row (`mft.objectives.autoregressive
 give `"incorrect_answer"`, the answer a model that swaps subject and object would give (the
 relationship task); evaluation then reports the incorrect-inference rate.
 
-Files are JSONL (one object per line) or a JSON list of objects. A bad row is reported with its
-file, line (or index) and the fix, before any model is built.
+Files are JSONL (one object per line) or a JSON list of objects. Documents as users keep them are
+read too: a `.txt` or `.md` file is one text row (`split="document"`), or one text row per
+paragraph, paragraphs being separated by blank lines (`split="paragraph"`); `data.train_file` may
+be a list of files or a folder of them. A bad row is reported with its file, line (or index) and
+the fix, before any model is built.
+
+QA rows may also carry `"fact"`, an id shared by the wordings (and formats) of one question:
+evaluation then also reports, per direction, the fraction of facts answered right in every
+wording; and `"format"`: "chat" (the question is a user turn of the chat template; the default)
+or "completion" (a raw text prefix the model continues, no template).
 """
 
 from __future__ import annotations
@@ -69,7 +77,10 @@ def read_rows(path: str | Path, what: str) -> list[tuple[str, Any]]:
 
 
 TRAIN_KEYS = ("text", "prompt", "completion", "entities")
-QA_KEYS = ("question", "answer", "direction", "incorrect_answer")
+QA_KEYS = ("question", "answer", "direction", "incorrect_answer", "fact", "format")
+QA_FORMATS = ("chat", "completion")
+DOCUMENT_SUFFIXES = (".txt", ".md")
+ROW_SUFFIXES = (".jsonl", ".json")
 
 
 def check_row_keys(location: str, row: Any, known: tuple[str, ...]) -> None:
@@ -128,6 +139,16 @@ def validate_qa_row(location: str, row: Any) -> dict[str, str]:
         if not isinstance(row["incorrect_answer"], str) or not row["incorrect_answer"].strip():
             raise RecipeError(f"{location}: 'incorrect_answer' must be a non-empty string; remove it or fill it in")
         valid["incorrect_answer"] = row["incorrect_answer"]
+    if "fact" in row:
+        if not isinstance(row["fact"], (str, int)) or isinstance(row["fact"], bool) or not str(row["fact"]).strip():
+            raise RecipeError(f"{location}: 'fact' must be a non-empty id (a string or number) shared by the wordings "
+                              f"of one question; got {_preview(row['fact'])}")
+        valid["fact"] = str(row["fact"])
+    if "format" in row:
+        if row["format"] not in QA_FORMATS:
+            raise RecipeError(f"{location}: 'format' is {row['format']!r}; use 'chat' (a question in the chat template) "
+                              f"or 'completion' (a text prefix the model continues)")
+        valid["format"] = row["format"]
     return valid
 
 
@@ -155,12 +176,59 @@ def read_dataset_rows(name_or_path: str, split: str) -> list[tuple[str, Any]]:
     return [(f"{name_or_path} [{split}] row {i}", row) for i, row in enumerate(dataset)]
 
 
-def load_data_files(train_file: str | None, qa_file: str | None, train_dataset: str | None = None,
-                    train_split: str = "train") -> TaskData:
+def train_files(train_file: str | list[str]) -> list[Path]:
+    """The files `data.train_file` names: a file, a list of files, or a folder's row and document
+    files (sorted by name, hidden files skipped)."""
+    paths = [Path(path) for path in (train_file if isinstance(train_file, list) else [train_file])]
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(child for child in path.iterdir() if child.is_file() and not child.name.startswith(".")
+                           and child.suffix.lower() in ROW_SUFFIXES + DOCUMENT_SUFFIXES)
+            if not found:
+                raise RecipeError(f"data.train_file folder {path} holds no {', '.join(ROW_SUFFIXES + DOCUMENT_SUFFIXES)} "
+                                  f"files; put the documents there or name the files")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def read_documents(path: Path, split: str = "document") -> list[tuple[str, Any]]:
+    """[(location, {"text": ...})] from a .txt/.md file: the whole file as one document, or one per
+    paragraph (`split="paragraph"`: blocks of lines separated by blank lines)."""
+    text = read_text(path, "data.train_file")
+    if split == "document":
+        return [(f"{path}", {"text": text.strip()})] if text.strip() else []
+    located, lines, first_line = [], [], 0
+    for number, line in enumerate(text.splitlines() + [""], start=1):
+        if line.strip():
+            first_line = first_line or number
+            lines.append(line)
+        elif lines:
+            located.append((f"{path} line {first_line}", {"text": "\n".join(lines).strip()}))
+            lines, first_line = [], 0
+    return located
+
+
+def read_train_rows(train_file: str | list[str], split: str = "document") -> list[tuple[str, Any]]:
+    """[(location, row)] from every file `data.train_file` names: rows from JSONL/JSON files,
+    documents from .txt/.md files."""
+    located = []
+    for path in train_files(train_file):
+        if path.suffix.lower() in DOCUMENT_SUFFIXES:
+            located.extend(read_documents(path, split))
+        else:
+            located.extend(read_rows(path, "data.train_file"))
+    return located
+
+
+def load_data_files(train_file: str | list[str] | None, qa_file: str | None, train_dataset: str | None = None,
+                    train_split: str = "train", split: str = "document", qa_format: str | None = None) -> TaskData:
     if train_dataset is not None:
         located, source = read_dataset_rows(train_dataset, train_split), f"data.train_dataset {train_dataset}"
     else:
-        located, source = read_rows(train_file, "data.train_file"), f"data.train_file {train_file}"
+        located, source = read_train_rows(train_file, split), f"data.train_file {train_file}"
     train = [validate_train_row(loc, row) for loc, row in located]
     if not train:
         raise RecipeError(f"{source} has no rows; the training set would be empty")
@@ -169,6 +237,8 @@ def load_data_files(train_file: str | None, qa_file: str | None, train_dataset: 
         qa = [validate_qa_row(loc, row) for loc, row in read_rows(qa_file, "data.qa_file")]
         if not qa:
             raise RecipeError(f"data.qa_file {qa_file} has no rows; remove data.qa_file or add QA rows")
+        if qa_format is not None:
+            qa = [{**row, "format": qa_format} for row in qa]
     return TaskData(train=train, qa=qa)
 
 

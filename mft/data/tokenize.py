@@ -61,10 +61,11 @@ def uses_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
+def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> list[int]:
     """The context a question or prompt is given in: the chat template's user turn followed by the
-    assistant header when the tokenizer has a chat template, else [bos] + prompt."""
-    if uses_chat_template(tokenizer):
+    assistant header when the tokenizer has a chat template (and `chat`), else [bos] + prompt: a
+    completion-format probe is a raw text prefix that the model continues."""
+    if chat and uses_chat_template(tokenizer):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
                                             add_generation_prompt=True)
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
@@ -117,10 +118,14 @@ def entity_spans(tokenizer, ids: list[int], entities: list[str]) -> list[list[in
 
 class TokenizedDataset(torch.utils.data.Dataset):
     """Tokenized training examples, each tagged with its index and the current epoch so that the
-    collator can draw its mask reproducibly (see `mft.collator`). `MFTTrainer` calls `set_epoch`."""
+    collator can draw its mask reproducibly (see `mft.collator`). `MFTTrainer` calls `set_epoch`.
+    `origins[i]`: (training row index, window index) of example i; a long text row gives several
+    windows (`mft.data.windows`, which also sets `windowing`), any other row one example."""
 
-    def __init__(self, examples: list[dict[str, Any]]):
+    def __init__(self, examples: list[dict[str, Any]], origins: list[tuple[int, int]] | None = None):
         self.examples = examples
+        self.origins = origins if origins is not None else [(index, 0) for index in range(len(examples))]
+        self.windowing = None
         self.epoch = 0
 
     @classmethod

@@ -1,0 +1,56 @@
+"""Write the profiles demo corpus as a user keeps documents: one Markdown file per person, plus the
+trained questions and the held-out questions as JSONL.
+
+    python examples/profiles/make_corpus.py [--out examples/profiles] [--num-people 24] [--seed 0]
+
+    documents/<person>.md     one paragraph per invented person (three facts, varied order)
+    trained_questions.jsonl   the questions of half the people, in the training wordings: chat rows
+                              {"prompt", "completion"} and completion-format rows {"text"}
+    qa.jsonl                  the other people's questions in wordings training never uses, chat
+                              and completion format, with "fact" ids (see mft.data.profiles)
+
+The recipes `recipes/profiles_*.yaml` train on `documents/` and `trained_questions.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from mft.data import write_jsonl
+from mft.data.profiles import ProfilesTask
+
+
+def write_corpus(out: Path, num_people: int = 24, seed: int = 0) -> None:
+    task = ProfilesTask(num_people=num_people, seed=seed)
+    data = task.build()
+    documents = out / "documents"
+    documents.mkdir(parents=True, exist_ok=True)
+    for old in documents.glob("*.md"):
+        old.unlink()
+    questions = []
+    for row in data.train:
+        # documents end with a full stop; completion-format question rows end with their bare answer
+        if "text" in row and row["text"].endswith("."):
+            owner = next(person.name for person in task.people() if person.name in row["text"])
+            slug = re.sub(r"[^a-z]+", "-", owner.lower()).strip("-")
+            (documents / f"{slug}.md").write_text(row["text"] + "\n", encoding="utf-8")
+        else:
+            questions.append(row)
+    write_jsonl(out / "trained_questions.jsonl", questions)
+    write_jsonl(out / "qa.jsonl", data.qa)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(Path(__file__).parent))
+    parser.add_argument("--num-people", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    write_corpus(Path(args.out), args.num_people, args.seed)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
