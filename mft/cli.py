@@ -75,9 +75,7 @@ def evaluate_run_command(args) -> int:
     import json
     from pathlib import Path
 
-    from .eval import evaluate_run
-
-    from .eval import evaluate_base_model
+    from .eval import evaluate_base_model, evaluate_run
 
     if (args.output_dir is None) == (args.model is None):
         raise RecipeError("give a run folder or --model NAME (a base model), not both and not neither; e.g. "

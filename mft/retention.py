@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from .data.tokenize import bos_ids
 from .errors import RecipeError
 
 RETENTION_FILE = "retention.json"
@@ -97,7 +98,7 @@ def build_retention_set(model, tokenizer, retention_texts: list[str] | None = No
                         batch_size: int = 16) -> RetentionSet:
     """The set for a run: the base model's greedy continuations of `NEUTRAL_PROMPTS` (first half
     measured, second half replay), or the user's texts (even rows measured, odd rows replay)."""
-    bos = _bos(tokenizer)
+    bos = bos_ids(tokenizer)
     if retention_texts is None:
         from .decoding import generate_causal
 
@@ -167,8 +168,3 @@ def replay_rows(retention: RetentionSet, fraction: float, num_train: int) -> lis
     if not wanted or not retention.replay:
         return []
     return [{"text": retention.replay[i % len(retention.replay)], "replay": True} for i in range(wanted)]
-
-
-def _bos(tokenizer) -> list[int]:
-    bos = tokenizer.bos_token_id
-    return [bos] if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else []

@@ -197,6 +197,14 @@ def longest_row(objective, tokenizer, dataset, with_index: bool = False):
     return best if with_index else best[0]
 
 
+def data_name(recipe: Recipe) -> str:
+    """What the run trains on, for messages and titles: the task, or the data's file or folder names."""
+    if recipe.task_name:
+        return recipe.task_name
+    sources = recipe.data.train_file if isinstance(recipe.data.train_file, list) else [recipe.data.train_file]
+    return ", ".join(Path(source).name for source in sources if source) or str(recipe.data.train_dataset)
+
+
 def run_train_loss(log_history: list[dict[str, Any]]) -> str:
     """The mean training loss of the whole run, from the losses logged every `logging_steps` (each
     the mean of the steps since the one before), weighted by the steps each covers; unlike the
@@ -362,7 +370,7 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
     model = load_model(recipe, tokenizer, objective)
     collator = MFTCollator(objective, tokenizer, seed=args.seed, pack_length=args.pack_length)
     trainable, total = count_parameters(model)
-    print(f"mft: {recipe.objective_name} on {recipe.task_name or recipe.data.train_file or recipe.data.train_dataset}: "
+    print(f"mft: {recipe.objective_name} on {data_name(recipe)}: "
           f"{len(train_dataset)} training examples, {len(data.qa)} QA items; "
           f"trainable parameters {trainable:,} of {total:,} ({recipe.peft.method}); "
           f"{args.world_size} process{'es' if args.world_size > 1 else ''}", flush=True)
@@ -406,7 +414,7 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
             trainer.log(final_metrics)
     stage("writing the report")
     if trainer.is_world_process_zero():
-        title = f"{recipe.objective_name} on {recipe.task_name or Path(recipe.data.train_file or recipe.data.train_dataset).name}"
+        title = f"{recipe.objective_name} on {data_name(recipe)}"
         details = {"objective": recipe.objective_name, "decoding": trainer.decoding,
                    "model": recipe.model.name_or_path or f"{recipe.model.architecture} from scratch",
                    "fine-tuning": recipe.peft.method, "steps": trainer.state.global_step,

@@ -49,7 +49,7 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _bos(tokenizer) -> list[int]:
+def bos_ids(tokenizer) -> list[int]:
     """[bos] when the tokenizer starts its sequences with one (Llama, Mistral), else [] (Qwen,
     SmolLM2, whose BOS-like token belongs to the chat template)."""
     bos = tokenizer.bos_token_id
@@ -69,7 +69,7 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> list[int]:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
                                             add_generation_prompt=True)
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-    return _bos(tokenizer) + _encode(tokenizer, prompt)
+    return bos_ids(tokenizer) + _encode(tokenizer, prompt)
 
 
 def encode_completion(tokenizer, prompt: str, completion: str) -> list[int]:
@@ -85,7 +85,7 @@ def encode_row(tokenizer, row: dict[str, Any]) -> dict[str, Any]:
     row names its entities."""
     eos = [tokenizer.eos_token_id]
     if "text" in row:
-        example = {"input_ids": _bos(tokenizer) + _encode(tokenizer, row["text"]) + eos, "prompt_length": 0}
+        example = {"input_ids": bos_ids(tokenizer) + _encode(tokenizer, row["text"]) + eos, "prompt_length": 0}
     else:
         prompt = encode_prompt(tokenizer, row["prompt"])
         completion = encode_completion(tokenizer, row["prompt"], row["completion"])

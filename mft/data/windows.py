@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import RecipeError
-from .tokenize import TokenizedDataset, _bos, encode_row, entity_spans
+from .tokenize import TokenizedDataset, bos_ids, encode_row, entity_spans
 
 # Characters that may follow a sentence's final . ! ? inside the same token (`."`, `?)`).
 CLOSING = "\"')]}\u00bb\u201d\u2019"
@@ -77,7 +77,7 @@ def synthetic_text_example(tokenizer, n: int) -> dict[str, Any]:
     ids + [eos]), for measuring rows: the content is one ordinary (non-special) token repeated."""
     special = set(tokenizer.all_special_ids)
     filler = next(i for i in range(len(tokenizer)) if i not in special)
-    return {"input_ids": _bos(tokenizer) + [filler] * n + [tokenizer.eos_token_id], "prompt_length": 0}
+    return {"input_ids": bos_ids(tokenizer) + [filler] * n + [tokenizer.eos_token_id], "prompt_length": 0}
 
 
 def window_length(limit: int, row_length: Callable[[int], int]) -> int:
@@ -196,7 +196,7 @@ def windowed_dataset(tokenizer, rows: list[dict[str, Any]], windowing: Windowing
     (row index, window index) of example i, and its `windowing` the rule it was cut by."""
     if windowing is None:
         return TokenizedDataset.from_rows(tokenizer, rows)
-    bos = _bos(tokenizer)
+    bos = bos_ids(tokenizer)
     examples, origins = [], []
     for index, row in enumerate(rows):
         pieces = window_document(tokenizer, row, windowing, bos) if "text" in row else [encode_row(tokenizer, row)]
