@@ -14,7 +14,6 @@ one. Issue 17's target: a bad recipe reported in under 3 s on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from import_time import write_results  # noqa: E402 (benchmarks/ is on the path when a script runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = "recipes/quickstart.yaml"
@@ -74,10 +75,7 @@ def main() -> None:
                      "exit_2_one_line": one_line[label] if label != REFERENCE else None})
         check = "" if label == REFERENCE else ("yes" if one_line[label] else "**no**")
         print(f"| {label} | {median:.2f} | {median / reference:.2f} | {check} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rounds": args.rounds, "python": sys.version.split()[0], "rows": rows},
-                                         indent=2) + "\n")
-    print(f"written {args.out}")
+    write_results(args.out, args.rounds, rows)
 
 
 if __name__ == "__main__":

@@ -68,10 +68,14 @@ def main() -> None:
         rows.append({"statement": label, "median_seconds": round(median, 3), "ratio": round(median / reference, 3),
                      "seconds": [round(v, 3) for v in values], "imports_transformers_trainer": trainer})
         print(f"| `{label}` | {median:.2f} | {median / reference:.2f} | {'yes' if trainer else 'no'} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rounds": args.rounds, "python": sys.version.split()[0], "rows": rows},
-                                         indent=2) + "\n")
-    print(f"written {args.out}")
+    write_results(args.out, args.rounds, rows)
+
+
+def write_results(out: str, rounds: int, rows: list[dict]) -> None:
+    """The JSON of a timing table (also benchmarks/error_time.py's)."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"rounds": rounds, "python": sys.version.split()[0], "rows": rows}, indent=2) + "\n")
+    print(f"written {out}")
 
 
 if __name__ == "__main__":
