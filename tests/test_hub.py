@@ -472,3 +472,19 @@ def test_push_to_hub_without_a_repo_id_is_refused_before_training(tmp_path, caps
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
     assert mft.train.main([str(recipe), "training.push_to_hub=true", f"training.output_dir={tmp_path}"]) == 2
     assert "training.hub_model_id" in capsys.readouterr().err
+
+
+def test_card_shows_the_base_models_figures_and_the_drift(full_run):
+    import json
+
+    results = {"forward": {"exact_match": 0.5, "facts_all_wordings": 0.25, "n": 8, "n_facts": 4},
+               "backward": {"exact_match": 0.375, "borrowed": 0.8, "n": 8},
+               "baseline": {"forward": {"exact_match": 0.125}, "backward": {"exact_match": 0.0}},
+               "retention": {"nll": 1.25, "base_nll": 0.75, "drift": 0.5}}
+    (full_run / "eval_results.json").write_text(json.dumps(results))
+    card = model_card(full_run)
+    table = [line for line in card.splitlines() if line.startswith("| direction")][0]
+    assert "exact match of the base model" in table and "facts right in every wording" in table
+    assert "| forward | 0.125 | 0.500 |" in card and "| backward | 0.000 | 0.375 |" in card
+    assert "n_facts" not in card and "| baseline |" not in card and "| retention |" not in card
+    assert "1.250 nats per token under this model against 0.750" in card and "drift +0.500" in card
