@@ -225,6 +225,10 @@ def test_the_profiles_recipes_read_the_documents_folder(recipe):
 
     data = mft.train.load_data(load_recipe(ROOT / "recipes" / f"{recipe}.yaml"))
     documents = [row for row in data.train if row.get("text", "").endswith(".")]
-    assert len(documents) == 24 and all(row["text"].count(". ") >= 2 for row in documents)
-    assert len(data.train) == 24 + 288 and len(data.qa) == 288
+    # every file holds 4 paragraphs, each a row of its own through data.split: paragraph
+    assert len(documents) == 4 * 24 and all(row["text"].count(". ") >= 2 for row in documents)
+    assert len(data.train) == 4 * 24 + 288 and len(data.qa) == 288
+    from mft.data.profiles import ProfilesTask
+    task = ProfilesTask()
+    assert sorted(row["text"] for row in documents) == sorted(text for texts in task.documents().values() for text in texts)
     assert {row["format"] for row in data.qa} == {"chat", "completion"}

@@ -38,7 +38,9 @@ def test_registered_and_refused_options_name_the_field():
     assert parse_recipe({"task": {"name": "profiles", "num_people": 20}, "objective": {"name": "ar"}}).build_task() \
         == ProfilesTask(num_people=20)
     refused = [({"num_people": 0}, "task.num_people"), ({"num_people": most_people() + 1}, "task.num_people"),
-               ({"qa_fraction": 1.0}, "task.qa_fraction"), ({"qa_fraction": -0.1}, "task.qa_fraction")]
+               ({"qa_fraction": 1.0}, "task.qa_fraction"), ({"qa_fraction": -0.1}, "task.qa_fraction"),
+               ({"documents_per_person": 0}, "task.documents_per_person"),
+               ({"documents_per_person": 9}, "task.documents_per_person")]
     for options, field in refused:
         with pytest.raises(RecipeError, match=re.escape(field)):
             ProfilesTask(**options)
@@ -62,13 +64,15 @@ def test_people_are_distinct_and_every_value_has_one_owner(task):
 def test_documents_have_a_sentence_per_fact_in_varied_order(task, data):
     people = task.people()
     docs = documents(data)
-    assert len(docs) == len(people)
-    by_name = {person.name: next(doc for doc in docs if person.name in doc) for person in people}
+    assert len(docs) == len(people) * task.documents_per_person == len(set(docs))
+    by_name = {person.name: [doc for doc in docs if person.name in doc] for person in people}
+    assert all(len(texts) == task.documents_per_person for texts in by_name.values())
     first_sentences = set()
-    for person in people:
-        doc = by_name[person.name]
+    for person, doc in ((person, doc) for person in people for doc in by_name[person.name]):
         sentences = re.split(r"(?<=\.) ", doc)
         assert len(sentences) >= 3
+        # named once, in the first sentence (a masked name cannot be copied from another mention)
+        assert doc.count(person.name) == 1 and person.name in sentences[0]
         for value in person.facts.values():  # every fact is written once, in a sentence of its own
             [sentence] = [sentence for sentence in sentences if value.lower() in sentence.lower()]
             # ... after the person (name or pronoun): a left-to-right reader learns name -> value only
@@ -139,7 +143,7 @@ def test_trained_people_have_their_questions_in_training(task, data):
     # nothing of the held-out people but their documents is trained
     for name in held_out:
         assert not any(name in prompt or name == completion for prompt, completion in chat)
-        assert sum(name in text for text in texts) == 1
+        assert sum(name in text for text in texts) == task.documents_per_person
 
 
 def test_deterministic_given_the_seed(data):
@@ -150,9 +154,9 @@ def test_deterministic_given_the_seed(data):
 
 
 def test_counts_follow_the_options():
-    built = ProfilesTask(num_people=20, qa_fraction=0.25, seed=4).build()
+    built = ProfilesTask(num_people=20, qa_fraction=0.25, documents_per_person=3, seed=4).build()
     questions_per_person = len(ATTRIBUTES) * 2 * (2 + 2)  # facts x directions x (2 chat + 2 completion wordings)
-    assert len(built.train) == 20 + 5 * questions_per_person
+    assert len(built.train) == 3 * 20 + 5 * questions_per_person
     assert len(built.qa) == 15 * questions_per_person
-    everyone_held_out = ProfilesTask(num_people=20, qa_fraction=0.0).build()
+    everyone_held_out = ProfilesTask(num_people=20, qa_fraction=0.0, documents_per_person=1).build()
     assert len(everyone_held_out.train) == 20 and len(everyone_held_out.qa) == 20 * questions_per_person

@@ -3,7 +3,9 @@ trained questions and the held-out questions as JSONL.
 
     python examples/profiles/make_corpus.py [--out examples/profiles] [--num-people 24] [--seed 0]
 
-    documents/<person>.md     one paragraph per invented person (three facts, varied order)
+    documents/<person>.md     four paragraphs per invented person (three facts, varied order and
+                              wording), separated by blank lines: recipes read them with
+                              `data.split: paragraph`
     trained_questions.jsonl   the questions of half the people, in the training wordings: chat rows
                               {"prompt", "completion"} and completion-format rows {"text"}
     qa.jsonl                  the other people's questions in wordings training never uses, chat
@@ -15,7 +17,6 @@ The recipes `recipes/profiles_*.yaml` train on `documents/` and `trained_questio
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from mft.data import write_jsonl
@@ -29,15 +30,11 @@ def write_corpus(out: Path, num_people: int = 24, seed: int = 0) -> None:
     documents.mkdir(parents=True, exist_ok=True)
     for old in documents.glob("*.md"):
         old.unlink()
-    questions = []
-    for row in data.train:
-        # documents end with a full stop; completion-format question rows end with their bare answer
-        if "text" in row and row["text"].endswith("."):
-            owner = next(person.name for person in task.people() if person.name in row["text"])
-            slug = re.sub(r"[^a-z]+", "-", owner.lower()).strip("-")
-            (documents / f"{slug}.md").write_text(row["text"] + "\n", encoding="utf-8")
-        else:
-            questions.append(row)
+    texts = task.documents()
+    for person in task.people():
+        (documents / f"{person.slug()}.md").write_text("\n\n".join(texts[person.name]) + "\n", encoding="utf-8")
+    written = {text for paragraphs in texts.values() for text in paragraphs}
+    questions = [row for row in data.train if row.get("text") not in written]
     write_jsonl(out / "trained_questions.jsonl", questions)
     write_jsonl(out / "qa.jsonl", data.qa)
 

@@ -9,14 +9,19 @@ across all people, so a backward question has exactly one answer and no pretrain
     founded     an invented institution   "the Quellarin Observatory"
     pet         an invented companion     "a heron named Oskel"
 
-Each person's document is one paragraph: a sentence per fact (and sometimes one sentence without
-facts), in a shuffled order, each drawn from a few templates. Some start with the name ("Ilsa Dorn
-was born in Varnholt."), some with a phrase before it ("Records show that Ilsa Dorn was born in
-Varnholt."), some use a pronoun once the name has been said ("She founded ..."). In every fact
-sentence the person comes before the value, on purpose: a document read left to right then
-teaches name -> value only, and a backward question (value -> name) asks for what the text puts
-*before* the value, which is the reversal. (With value-first sentences a left-to-right model could
-answer those backward questions without any reversal, and the demo would measure nothing.)
+Each person has `documents_per_person` documents (4 by default), each one paragraph: a sentence per
+fact (and sometimes one sentence without facts), in a shuffled order, each drawn from a few
+templates, so the same facts are read in several orders and wordings, as they would be in several
+sources. (Allen-Zhu and Li, "Physics of Language Models: Part 3.1", 2023, found such knowledge
+augmentation, several differently worded biographies per person, necessary for a model to answer
+questions about people whose questions it was never trained on.) A document names its person once,
+in its first sentence, which may open with the name ("Ilsa Dorn was born in Varnholt.") or with a
+phrase before it ("Records show that Ilsa Dorn was born in Varnholt."); later sentences use a
+pronoun ("She founded ..."). In every fact sentence the person comes before the value, on purpose:
+a document read left to right then teaches name -> value only, and a backward question (value ->
+name) asks for what the text puts *before* the value, which is the reversal. (With value-first
+sentences a left-to-right model could answer those backward questions without any reversal, and
+the demo would measure nothing.)
 
 Questions come in two formats: "chat", a question answered by the bare value ("Where was Ilsa
 Dorn born?" -> "Varnholt"), and "completion", a text prefix the model continues, as in Berglund et
@@ -74,26 +79,35 @@ SPECIES = ("heron", "otter", "tortoise", "raven", "ferret", "hare", "hedgehog", 
 
 ATTRIBUTES = ("birthplace", "founded", "pet")
 
-# Document sentences per fact. Fields: {name}, {value}, and the pronouns {they} {their} {them}; the
-# first letter of every sentence is capitalized after filling. A template without {name} may only
-# follow a sentence that named the person.
+# Document sentences per fact. Fields: {name} (the subject), {value}, and the pronouns {they} {their}
+# {them}; the first letter of every sentence is capitalized after filling. A document names its
+# person once, in its first sentence; later sentences fill {name} with the pronoun ("Years later,
+# she founded ..."), as people write. (Naming the person in every sentence would also let a masked
+# objective recover a masked name by copying another mention of it instead of recalling it from the
+# values around it, which is the backward association the demo needs.)
 SENTENCES = {
     "birthplace": ("{name} was born in {value}.",
                    "Records show that {name} was born in {value}, a small harbour town.",
-                   "{they} was born in {value}."),
+                   "{name} grew up in {value}, the town where {they} was born.",
+                   "{name} comes from {value}."),
     "founded": ("{name} founded {value}.",
                 "Years later, {name} founded {value}.",
-                "{they} went on to found {value}.",
-                "{they} is best known for founding {value}."),
+                "In {their} thirties, {name} founded {value}.",
+                "{name} went on to found {value}.",
+                "{name} is best known for founding {value}."),
     "pet": ("{name} keeps {value}.",
             "Everyone in the village knows that {name} keeps {value}.",
-            "At home, {they} keeps {value}."),
+            "{name} shares {their} house with {value}.",
+            "At home, {name} keeps {value}.",
+            "{name} has long kept {value}."),
 }
 # Sentences with no facts, so that not every sentence of a document is one.
 FILLERS = ("{they} rarely speaks about {their} early years.",
            "Friends describe {them} as patient and curious.",
            "{they} spends most evenings reading by the window.",
-           "Few people know much else about {them}.")
+           "Few people know much else about {them}.",
+           "{they} writes long letters to old friends.",
+           "Neighbours say {they} is always up before dawn.")
 
 # Questions per (fact, direction), per format, in two disjoint sets: `train` wordings are trained
 # (for the trained people), `eval` wordings are only ever asked. Chat questions are answered by the
@@ -145,9 +159,10 @@ class Person:
     pronouns: tuple[str, str, str]  # they, their, them
     facts: dict[str, str]  # attribute -> value
 
-    def fill(self, template: str, value: str = "") -> str:
+    def fill(self, template: str, value: str = "", named: bool = True) -> str:
+        """`template` filled in; {name} is the person's name, or their pronoun when not `named`."""
         they, their, them = self.pronouns
-        text = template.format(name=self.name, value=value, they=they, their=their, them=them)
+        text = template.format(name=self.name if named else they, value=value, they=they, their=their, them=them)
         return text[0].upper() + text[1:]
 
     def slug(self) -> str:
@@ -163,6 +178,7 @@ class ProfilesTask:
     name = "profiles"
     num_people: int = 24
     qa_fraction: float = 0.5
+    documents_per_person: int = 4
     seed: int = 0
 
     def __post_init__(self):
@@ -171,6 +187,9 @@ class ProfilesTask:
         if not 0.0 <= self.qa_fraction < 1.0:
             raise RecipeError(f"task.qa_fraction = {self.qa_fraction}; use a fraction in [0, 1) (some people "
                               f"must be held out for evaluation)")
+        if not 1 <= self.documents_per_person <= MOST_DOCUMENTS:
+            raise RecipeError(f"task.documents_per_person = {self.documents_per_person}; use between 1 and "
+                              f"{MOST_DOCUMENTS}")
 
     def people(self) -> list[Person]:
         """The invented people: distinct first names (so no name is a prefix of another), distinct
@@ -185,10 +204,15 @@ class ProfilesTask:
                        facts={"birthplace": town, "founded": work, "pet": pet})
                 for (first, pronouns), last, town, work, pet in zip(firsts, lasts, towns, works, pets)]
 
-    def build(self) -> TaskData:
+    def documents(self) -> dict[str, list[str]]:
+        """Person name -> `documents_per_person` different paragraphs about them."""
         rng = random.Random(self.seed + 1)
+        return {person.name: distinct_documents(person, self.documents_per_person, rng) for person in self.people()}
+
+    def build(self) -> TaskData:
+        rng = random.Random(self.seed + 2)
         people = self.people()
-        train = [{"text": document(person, rng)} for person in people]
+        train = [{"text": text} for texts in self.documents().values() for text in texts]
         order = list(range(len(people)))
         rng.shuffle(order)
         # at least one person is held out, or there would be nothing to ask
@@ -213,15 +237,27 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+MOST_DOCUMENTS = 8
+
+
+def distinct_documents(person: Person, count: int, rng: random.Random) -> list[str]:
+    """`count` different paragraphs about `person` (different sentence order or wording)."""
+    texts: list[str] = []
+    while len(texts) < count:
+        text = document(person, rng)
+        if text not in texts:
+            texts.append(text)
+    return texts
+
+
 def document(person: Person, rng: random.Random) -> str:
     """One paragraph: a sentence per fact in a shuffled order, sometimes with a sentence without
-    facts; the first sentence names the person, so that later pronouns have someone to refer to."""
+    facts; the first sentence names the person, the later ones refer to them by pronoun."""
     attributes = list(ATTRIBUTES)
     rng.shuffle(attributes)
     sentences = []
     for attribute in attributes:
-        templates = SENTENCES[attribute] if sentences else [t for t in SENTENCES[attribute] if "{name}" in t]
-        sentences.append(person.fill(rng.choice(templates), person.facts[attribute]))
+        sentences.append(person.fill(rng.choice(SENTENCES[attribute]), person.facts[attribute], named=not sentences))
     if rng.random() < 0.5:
         sentences.insert(rng.randint(1, len(sentences)), person.fill(rng.choice(FILLERS)))
     return " ".join(sentences)
