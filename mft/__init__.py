@@ -24,6 +24,7 @@ _EXPORTS = {
     "MFTConfig": "training_args", "ModelConfig": "config", "load_recipe": "config",
     "MFTLoss": "loss", "weighted_token_loss": "loss",
     "MFTLossMixin": "trainer", "MFTMixin": "trainer", "MFTTrainer": "trainer", "QASet": "eval",
+    "DecodingSpec": "decoding", "TrainedModel": "inference", "load": "inference", "merge": "inference",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,5 +1,5 @@
 """`mft` command line: `mft train RECIPE [key=value ...]`, `mft eval RUN --qa FILE`,
-`mft push RUN --repo-id ID`, `mft data TASK --out DIR` and `mft data inspect RECIPE [key=value ...]`."""
+`mft generate MODEL [PROMPT ...]`, `mft merge RUN --out DIR`, `mft push RUN --repo-id ID`, `mft data TASK --out DIR` and `mft data inspect RECIPE [key=value ...]`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,29 @@ from .errors import MFTError, RecipeError, unforeseen_error_line
 from .utils import writable_file, writable_folder
 
 
+GENERATE_HELP = "answer prompts with a trained model, decoded as it was trained (its mft_decoding.json)"
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a run's training.output_dir, a checkpoint-N folder, a merged model, a built-in "
+                                   "name or a Hub id in the local cache")
+    parser.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompts (default: one per line on stdin)")
+    parser.add_argument("--format", choices=["chat", "completion"], default=None,
+                        help="chat: a user turn of the chat template; completion: a raw text prefix, continued "
+                          "(default: chat when the model was trained with a chat template)")
+    parser.add_argument("--decoding", choices=list(DECODINGS), default=None, help="default: the model's decoding spec")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's decoding spec")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--jsonl", action="store_true", help='print {"prompt", "answer"} lines instead of bare answers')
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="masked_any_order: write every slot at least this probable per step (faster, not exact)")
+    parser.add_argument("--prompt-cache", action="store_true",
+                        help="masked: the prompt's keys and values computed once (exact for a model trained with "
+                          "prompt_sees_answer: false, else an approximation)")
+    parser.add_argument("--full-logits", action="store_true",
+                        help="masked: the LM head at every position, as before (the default reads only the slots)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "train":
@@ -20,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(argv[1:])
     if argv[:2] == ["data", "inspect"]:  # a recipe and overrides, like `mft train`
         return inspect_data_command(argv[2:])
+    if argv and argv[0] == "generate":  # prompts may come after the options: parsed intermixed
+        parser = argparse.ArgumentParser(prog="mft generate", description=GENERATE_HELP)
+        add_generate_arguments(parser)
+        args = parser.parse_intermixed_args(argv[1:])
+        args.command = "generate"
+        return run_command(args)
 
     parser = argparse.ArgumentParser(prog="mft", description="mft: masked fine-tuning toolkit. "
                                      "Train with `mft train RECIPE.yaml [section.key=value ...]`.")
@@ -48,11 +77,20 @@ def main(argv: list[str] | None = None) -> int:
                           help="default: the run's training.max_new_tokens")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--out", default=None, help="JSON file for the metrics (default: RUN/eval_<qa name>.json)")
+    add_generate_arguments(commands.add_parser("generate", help=GENERATE_HELP))
+    merge = commands.add_parser("merge", help="write a standalone model: a LoRA run's adapter merged into its base "
+                                "weights, with its tokenizer and decoding spec")
+    merge.add_argument("model", help="a run's training.output_dir or a checkpoint-N folder")
+    merge.add_argument("--out", required=True, help="a new folder for the merged model")
     push = commands.add_parser("push", help="publish a finished run (model or adapter, card) to the Hugging Face Hub")
     push.add_argument("output_dir", help="the run's training.output_dir")
     push.add_argument("--repo-id", required=True, help="e.g. your-name/mft-facts (token: `hf auth login` or $HF_TOKEN)")
     push.add_argument("--private", action="store_true")
-    args = parser.parse_args(argv)
+    return run_command(parser.parse_args(argv))
+
+
+def run_command(args) -> int:
+    """Run a parsed command: an `MFTError` is one line and exit status 2."""
     try:
         if args.command == "push":
             from .hub import push_run
@@ -61,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             return evaluate_run_command(args)
+        if args.command == "generate":
+            return generate_command(args)
+        if args.command == "merge":
+            from .inference import merge as merge_model
+
+            print(f"mft: wrote the merged model to {merge_model(args.model, args.out)}")
+            return 0
         options = args.option + ([f"genwiki={args.genwiki}"] if args.genwiki else [])
         return write_task_data(args.task, args.out, options)
     except MFTError as error:
@@ -100,6 +145,27 @@ def evaluate_run_command(args) -> int:
     for direction, metrics in results.items():
         print(f"| {direction} | {metrics['exact_match']:.3f} | {metrics['rouge1_recall']:.3f} | {metrics['n']} |")
     print(f"mft: written {out}")
+    return 0
+
+
+def generate_command(args) -> int:
+    import json
+
+    from .inference import check_request, load
+
+    prompts = args.prompts or [line.rstrip("\n") for line in sys.stdin]
+    # the prompts and numbers first, before the model loads; the mask token once it has
+    check_request(None, prompts, args.format or "chat", args.decoding or "causal",
+                  1 if args.max_new_tokens is None else args.max_new_tokens, args.batch_size)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # stderr keeps to errors: answers are the output
+    trained = load(args.model)
+    answers = trained.generate(prompts, format=args.format, decoding=args.decoding, max_new_tokens=args.max_new_tokens,
+                               batch_size=args.batch_size, slots_only=not args.full_logits, threshold=args.threshold,
+                               prompt_cache=args.prompt_cache)
+    for prompt, answer in zip(prompts, answers):
+        print(json.dumps({"prompt": prompt, "answer": answer}) if args.jsonl else answer.replace("\n", " "))
     return 0
 
 

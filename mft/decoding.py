@@ -22,11 +22,98 @@ name from its last word), which left-to-right decoding never allows.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
 import torch
 
 from .models.attention import attention_implementation, attention_mask_4d, to_model_mask
 from .objectives import DECODINGS
 from .errors import RecipeError
+
+# Saved beside every model mft writes (run folder, checkpoint, merged model, Hub repo).
+SPEC_FILE = "mft_decoding.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingSpec:
+    """How a trained model answers: what inference must repeat of its training. Saved as
+    `mft_decoding.json` beside the weights; a model without one is a plain causal LM
+    (`DecodingSpec()`: causal decoding, no masked rules).
+
+        objective          the training objective's name ("mlm_u", "mixture", ...; "none": not mft's)
+        decoding           the default decoding method (one of `DECODINGS`)
+        shift, keep_sink, attend_to_masked, prompt_sees_answer
+                           the masked rules the model was trained with (see `generate_masked`)
+        mask_token         the mask token masked decoding writes into the slots
+        max_new_tokens     the default answer length
+        chat               questions go through the tokenizer's chat template (completion probes never
+                           do); the system prompt is already in the saved template
+        system_prompt      that system prompt as the recipe gave it (None: the template's default)
+    """
+
+    objective: str = "none"
+    decoding: str = "causal"
+    shift: bool = False
+    keep_sink: bool = False
+    attend_to_masked: bool = False
+    prompt_sees_answer: bool = True
+    mask_token: str | None = None
+    max_new_tokens: int = 24
+    chat: bool = True
+    system_prompt: str | None = None
+
+    @classmethod
+    def of(cls, objective, tokenizer, decoding: str | None = None, max_new_tokens: int | None = None,
+           system_prompt: str | None = None) -> "DecodingSpec":
+        """The spec of a model trained with `objective` (decoding: the recipe's choice, else the
+        objective's natural one)."""
+        return cls(objective=objective.name, decoding=decoding or objective.decoding, **objective.decoding_options(),
+                   mask_token=getattr(tokenizer, "mask_token", None),
+                   max_new_tokens=max_new_tokens or cls.max_new_tokens,
+                   chat=bool(getattr(tokenizer, "chat_template", None)), system_prompt=system_prompt)
+
+    def rules(self) -> dict[str, bool]:
+        """The masked rules, as keyword arguments of `generate`."""
+        return {"shift": self.shift, "keep_sink": self.keep_sink, "attend_to_masked": self.attend_to_masked,
+                "prompt_sees_answer": self.prompt_sees_answer}
+
+    def save(self, folder: str | Path) -> None:
+        Path(folder, SPEC_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "DecodingSpec | None":
+        """The spec saved in `folder`, or None when there is none; a spec that is not one is refused
+        in one line naming the file and the field."""
+        path = Path(folder, SPEC_FILE)
+        if not path.is_file():
+            return None
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise RecipeError(f"{path} is not readable JSON ({error}); delete it to decode causally, or re-save the model "
+                              f"with mft") from None
+        return cls.from_dict(raw, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = SPEC_FILE) -> "DecodingSpec":
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{where} holds {type(raw).__name__}, not a mapping of decoding settings")
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise RecipeError(f"{where}: unknown field {unknown[0]!r}; the fields are {', '.join(fields)}")
+        spec = cls(**raw)
+        if spec.decoding not in DECODINGS:
+            raise RecipeError(f"{where}: decoding = {spec.decoding!r}; use one of {', '.join(DECODINGS)}")
+        for name in ("shift", "keep_sink", "attend_to_masked", "prompt_sees_answer", "chat"):
+            if not isinstance(getattr(spec, name), bool):
+                raise RecipeError(f"{where}: {name} = {getattr(spec, name)!r}; use true or false")
+        if not isinstance(spec.max_new_tokens, int) or isinstance(spec.max_new_tokens, bool) or spec.max_new_tokens < 1:
+            raise RecipeError(f"{where}: max_new_tokens = {spec.max_new_tokens!r}; use a whole number of at least 1")
+        return spec
 
 
 @torch.no_grad()
@@ -67,17 +154,49 @@ def _greedy_without_cache(model, input_ids, attention_mask, max_new_tokens: int,
     return input_ids
 
 
+def logits_at(model, selected: torch.Tensor, slots_only: bool = True, **inputs) -> torch.Tensor:
+    """[N, vocab] float logits of the `selected` [B, L] positions (row-major, as `tensor[selected]`)
+    of `model(**inputs)`. With `slots_only` the LM head runs only there (`mft.loss`'s hook: no
+    [batch, length, vocab] tensor), unless the model's head is not a plain projection."""
+    from .loss import keep_predicted_hidden_states, output_head
+
+    head = output_head(model) if slots_only else None
+    if head is None:
+        logits = model(**inputs).logits
+        return logits[selected.to(logits.device)].float()
+    with keep_predicted_hidden_states(head, selected) as kept:
+        model(**inputs)
+    return head(kept.hidden).float()
+
+
+def _masked_model_inputs(model, input_ids: torch.Tensor, allowed: torch.Tensor, **extra) -> dict[str, Any]:
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    mask = to_model_mask(allowed.to(device), attention_implementation(model), dtype)
+    return {"input_ids": input_ids.to(device), "attention_mask": mask,
+            **{key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in extra.items()}}
+
+
+def _block_prompt_from_answer(allowed: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    """`allowed` [B, 1, L, L] with every prompt query (position < prompt length) barred from the keys
+    after the prompt: the rule of a model trained with `prompt_sees_answer: false`."""
+    positions = torch.arange(allowed.shape[-1])
+    in_prompt = positions[None] < prompt_lengths[:, None]  # [B, L]
+    barred = in_prompt[:, :, None] & ~in_prompt[:, None, :]
+    return allowed & ~barred[:, None]
+
+
 @torch.no_grad()
 def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-                    shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False) -> list[list[int]]:
+                    shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False,
+                    prompt_sees_answer: bool = True, slots_only: bool = True) -> list[list[int]]:
     """Left-to-right masked decoding (one mask slot at a time), greedy; see the module docstring.
     With `shift` (a model trained with a shifted masked objective) the slot's token is read from
     the logits one position to its left; with `attend_to_masked` the slot is an attention key, as
-    masked positions were in training."""
+    masked positions were in training; without `prompt_sees_answer` no prompt position attends to
+    the answer (block-causal training). `slots_only`: the LM head at the slots alone (exact)."""
     if tokenizer.mask_token_id is None:
         raise RecipeError("masked decoding needs a tokenizer with a mask token")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     banned = [i for i in tokenizer.all_special_ids if i != tokenizer.eos_token_id]
 
@@ -97,10 +216,13 @@ def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
             input_ids[b, : len(row)] = torch.tensor(row)
             key_valid[b, : len(row)] = True
             hidden[b, len(row) - 1] = not attend_to_masked
-        mask = attention_mask_4d(key_valid, torch.zeros(len(rows), dtype=torch.bool), hidden,
-                                 torch.full((len(rows),), keep_sink))
-        logits = model(input_ids=input_ids.to(device), attention_mask=to_model_mask(mask.to(device), attention_implementation(model), dtype)).logits
-        slot_logits = logits[torch.arange(len(rows)), (slots - int(shift)).to(device)].float()
+        allowed = attention_mask_4d(key_valid, torch.zeros(len(rows), dtype=torch.bool), hidden,
+                                    torch.full((len(rows),), keep_sink))
+        if not prompt_sees_answer:
+            allowed = _block_prompt_from_answer(allowed, torch.tensor([len(prompts[i]) for i in active]))
+        read = torch.zeros((len(rows), length), dtype=torch.bool)
+        read[torch.arange(len(rows)), slots - int(shift)] = True
+        slot_logits = logits_at(model, read, slots_only, **_masked_model_inputs(model, input_ids, allowed))
         slot_logits[:, banned] = float("-inf")
         next_tokens = slot_logits.argmax(-1).tolist()
         still_active = []
@@ -115,15 +237,99 @@ def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 
 
 @torch.no_grad()
-def generate_masked_any_order(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-                              shift: bool = False, keep_sink: bool = False,
-                              attend_to_masked: bool = False) -> list[list[int]]:
-    """Greedy masked decoding, most confident slot first; see the module docstring. With `shift`
-    the slot at p is read from the logits at p - 1, as in `generate_masked`."""
+def generate_masked_cached(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                           shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False,
+                           slots_only: bool = True) -> list[list[int]]:
+    """Left-to-right masked decoding with the prompt's keys and values computed once.
+
+    The prompts are left-padded to a common end P (position ids restart at each prompt's first
+    token) and run once, bidirectionally, into a key/value cache, which then drops their last token.
+    Each step runs only [last prompt token, answer so far, one mask slot] against that cache, and
+    the cache is cut back after it. Prompt positions therefore never attend to the answer: this is
+    exactly `generate_masked(..., prompt_sees_answer=False)`, the decoder of a model trained with
+    `prompt_sees_answer: false`; for a model trained with the prompt seeing the answer it is an
+    approximation (its cost is measured in BENCHMARKS.md, decoding). The last prompt token is re-run
+    each step because with `shift` it predicts the first answer token. Needs a model that takes
+    `past_key_values` (Hugging Face causal LMs)."""
+    from transformers import DynamicCache
+
     if tokenizer.mask_token_id is None:
         raise RecipeError("masked decoding needs a tokenizer with a mask token")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    eos_id, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    banned = [i for i in tokenizer.all_special_ids if i != eos_id]
+    batch = len(prompts)
+    lengths = torch.tensor([len(p) for p in prompts])
+    width = int(lengths.max())  # P
+    start = width - lengths  # each prompt's first column
+    prompt_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    for b, prompt in enumerate(prompts):
+        prompt_ids[b, int(start[b]):] = torch.tensor(prompt, dtype=torch.long)
+    columns = torch.arange(width + max_new_tokens)
+    valid = columns[None] >= start[:, None]  # [B, P + max_new_tokens]: padding is never a key
+    positions = (columns[None] - start[:, None]).clamp_min(0)
+
+    def allowed_between(queries: torch.Tensor, keys: int, hidden_keys: torch.Tensor) -> torch.Tensor:
+        """[B, 1, q, keys]: the query columns `queries` attend to the valid keys before column
+        `keys`, prompt queries to prompt keys only, no one to hidden keys, the sink to itself alone."""
+        key_columns = columns[:keys]
+        allowed = valid[:, None, :keys] & ~hidden_keys[:, None, :]
+        prompt_query = queries[None, :, None] < width
+        allowed = allowed & ~(prompt_query & (key_columns[None, None, :] >= width))
+        if keep_sink:
+            is_sink = queries[None, :] == start[:, None]  # [B, q]
+            allowed = allowed & ~is_sink[:, :, None]
+        allowed = allowed | (queries[:, None] == key_columns[None, :])[None]
+        return allowed[:, None]
+
+    from .loss import cache_argument
+
+    cache, cache_key = DynamicCache(), cache_argument(model)
+    # the whole prompt once (each prompt token sees all of its prompt), then its last token dropped
+    mask = allowed_between(columns[:width], width, torch.zeros(batch, width, dtype=torch.bool))
+    model(**_masked_model_inputs(model, prompt_ids, mask, position_ids=positions[:, :width], use_cache=True,
+                                 **{cache_key: cache}))
+    cache.crop(-1)
+    cached = width - 1
+
+    answers = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long)
+    finished = torch.zeros(batch, dtype=torch.bool)
+    lengths_out = torch.full((batch,), max_new_tokens)
+    for step in range(max_new_tokens):
+        # [last prompt token, answers[:step], mask slot] at columns cached .. width + step
+        step_ids = torch.cat([prompt_ids[:, cached:], answers[:, :step], torch.full((batch, 1), mask_id)], dim=1)
+        queries = columns[cached:width + step + 1]
+        hidden_keys = torch.zeros(batch, width + step + 1, dtype=torch.bool)
+        hidden_keys[:, width + step] = not attend_to_masked
+        mask = allowed_between(queries, width + step + 1, hidden_keys)
+        read = torch.zeros(step_ids.shape, dtype=torch.bool)
+        read[:, step_ids.shape[1] - 1 - int(shift)] = True
+        inputs = _masked_model_inputs(model, step_ids, mask, position_ids=positions[:, cached:width + step + 1],
+                                      use_cache=True, **{cache_key: cache})
+        slot_logits = logits_at(model, read, slots_only, **inputs)
+        cache.crop(-step_ids.shape[1])  # back to the prompt: the answer is re-run with the next slot
+        slot_logits[:, banned] = float("-inf")
+        tokens = slot_logits.argmax(-1).cpu()
+        ends_here = ~finished & (tokens == eos_id)
+        lengths_out[ends_here] = step
+        finished |= ends_here
+        answers[:, step] = torch.where(finished, torch.full_like(tokens, mask_id), tokens)
+        if finished.all():
+            break
+    return [answers[b, :int(lengths_out[b])].tolist() for b in range(batch)]
+
+
+@torch.no_grad()
+def generate_masked_any_order(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                              shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False,
+                              prompt_sees_answer: bool = True, slots_only: bool = True,
+                              threshold: float | None = None) -> list[list[int]]:
+    """Greedy masked decoding, most confident slot first; see the module docstring. With `shift`
+    the slot at p is read from the logits at p - 1, as in `generate_masked`. With `threshold`, each
+    step writes every open slot whose probability is at least `threshold` (and always the most
+    confident one), as Fast-dLLM's threshold-parallel decoding does: fewer steps, not exact."""
+    if tokenizer.mask_token_id is None:
+        raise RecipeError("masked decoding needs a tokenizer with a mask token")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_id = tokenizer.eos_token_id
     banned = [i for i in tokenizer.all_special_ids if i != eos_id]
@@ -144,27 +350,32 @@ def generate_masked_any_order(model, tokenizer, prompts: list[list[int]], max_ne
         open_slots = is_slot & key_valid & (input_ids == tokenizer.mask_token_id)
         if not open_slots.any():
             break
-        mask = attention_mask_4d(key_valid, torch.zeros(batch, dtype=torch.bool),
-                                 torch.zeros_like(open_slots) if attend_to_masked else open_slots,
-                                 torch.full((batch,), keep_sink))
-        logits = model(input_ids=input_ids.to(device),
-                       attention_mask=to_model_mask(mask.to(device), attention_implementation(model), dtype)).logits
-        if shift:  # the logits at p - 1 predict the token at p
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        where = open_slots.to(device)
-        slot_logits = logits[where].float()
+        allowed = attention_mask_4d(key_valid, torch.zeros(batch, dtype=torch.bool),
+                                    torch.zeros_like(open_slots) if attend_to_masked else open_slots,
+                                    torch.full((batch,), keep_sink))
+        if not prompt_sees_answer:
+            allowed = _block_prompt_from_answer(allowed, starts)
+        # the logits at p - 1 predict the token at p when `shift`
+        read = torch.cat([open_slots[:, 1:], open_slots[:, :1]], dim=1) if shift else open_slots
+        slot_logits = logits_at(model, read, slots_only, **_masked_model_inputs(model, input_ids, allowed))
         slot_logits[:, banned] = float("-inf")
         confidence, tokens = slot_logits.softmax(-1).max(-1)
-        best_confidence = torch.full((batch, length), -1.0, device=device)
-        best_confidence[where] = confidence
-        best_token = torch.full((batch, length), pad_id, dtype=torch.long, device=device)
-        best_token[where] = tokens
-        chosen = best_confidence.argmax(-1).cpu()
+        confidence, tokens = confidence.cpu(), tokens.cpu()
+        best_confidence = torch.full((batch, length), -1.0)
+        best_confidence[open_slots] = confidence
+        best_token = torch.full((batch, length), pad_id, dtype=torch.long)
+        best_token[open_slots] = tokens
+        chosen = best_confidence.argmax(-1)
         active = open_slots.any(-1)
-        token = best_token.cpu()[rows, chosen]
-        input_ids[rows[active], chosen[active]] = token[active]
-        finished = active & (token == eos_id)
-        ends[finished] = chosen[finished] + 1
+        written = torch.zeros((batch, length), dtype=torch.bool)
+        written[rows[active], chosen[active]] = True
+        if threshold is not None:
+            written |= open_slots & (best_confidence >= threshold)
+        input_ids[written] = best_token[written]
+        # an EOS written at slot k ends the answer there (the first one, when several are written)
+        eos_written = written & (best_token == eos_id)
+        first_eos = torch.where(eos_written, positions.expand(batch, length), length).min(-1).values
+        ends = torch.where(eos_written.any(-1), torch.minimum(ends, first_eos + 1), ends)
     answers = []
     for b in range(batch):
         answer = input_ids[b, int(starts[b]):int(ends[b])].tolist()
@@ -173,23 +384,39 @@ def generate_masked_any_order(model, tokenizer, prompts: list[list[int]], max_ne
 
 
 def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_tokens: int, batch_size: int = 64,
-             shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False) -> list[list[int]]:
+             shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False,
+             prompt_sees_answer: bool = True, slots_only: bool = True, threshold: float | None = None,
+             prompt_cache: bool = False) -> list[list[int]]:
     """Greedy answers (token ids, without the prompt, cut at EOS) to `prompts`, `batch_size` at a
-    time, by the `decoding` method (one of `DECODINGS`). `shift`, `keep_sink` and
-    `attend_to_masked` are the rules the model was trained with (`Objective.decoding_options()`);
-    causal decoding needs none of them."""
+    time, by the `decoding` method (one of `DECODINGS`). `shift`, `keep_sink`, `attend_to_masked`
+    and `prompt_sees_answer` are the rules the model was trained with (`DecodingSpec.rules()`);
+    causal decoding needs none of them. The speed options of masked decoding: `slots_only` (the LM
+    head only at the slots; exact), `threshold` (any order: several slots per step), `prompt_cache`
+    (left to right: the prompt's keys and values once; exact without `prompt_sees_answer`)."""
     if decoding not in DECODINGS:
         raise RecipeError(f"decoding = {decoding!r} is not a decoding method; use one of {', '.join(DECODINGS)}")
     if max_new_tokens < 1:
         raise RecipeError(f"max_new_tokens = {max_new_tokens}; answers need at least 1 new token")
-    masked_rules = {"shift": shift, "keep_sink": keep_sink, "attend_to_masked": attend_to_masked}
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise RecipeError(f"threshold = {threshold}; use a probability in (0, 1]")
+    if threshold is not None and decoding != "masked_any_order":
+        raise RecipeError(f"threshold = {threshold} applies to masked_any_order decoding, not {decoding}")
+    if prompt_cache and decoding != "masked":
+        raise RecipeError(f"prompt_cache applies to masked (left-to-right) decoding, not {decoding}")
+    rules = {"shift": shift, "keep_sink": keep_sink, "attend_to_masked": attend_to_masked}
     answers = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
-        if decoding == "masked":
-            answers.extend(generate_masked(model, tokenizer, batch, max_new_tokens, **masked_rules))
+        if decoding == "masked" and prompt_cache:
+            answers.extend(generate_masked_cached(model, tokenizer, batch, max_new_tokens, **rules,
+                                                  slots_only=slots_only))
+        elif decoding == "masked":
+            answers.extend(generate_masked(model, tokenizer, batch, max_new_tokens, **rules,
+                                           prompt_sees_answer=prompt_sees_answer, slots_only=slots_only))
         elif decoding == "masked_any_order":
-            answers.extend(generate_masked_any_order(model, tokenizer, batch, max_new_tokens, **masked_rules))
+            answers.extend(generate_masked_any_order(model, tokenizer, batch, max_new_tokens, **rules,
+                                                     prompt_sees_answer=prompt_sees_answer, slots_only=slots_only,
+                                                     threshold=threshold))
         else:
             answers.extend(generate_causal(model, tokenizer, batch, max_new_tokens))
     return answers

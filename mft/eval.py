@@ -30,13 +30,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .config import read_yaml
 from .training_args import MFTConfig, mft_option
 from .data.schema import DIRECTIONS, read_rows, validate_qa_row
 from .data.tokenize import encode_prompt
-from .decoding import generate
+from .decoding import DecodingSpec, generate
 from .errors import RecipeError
-from .objectives import Objective, build_objective
 from .run_folder import checkpoints
 
 
@@ -88,13 +86,13 @@ def answers_match(prediction: str, reference: str, format: str = "chat") -> bool
 
 def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str,
                 max_new_tokens: int = MFTConfig.max_new_tokens, batch_size: int = 64, shift: bool = False,
-                keep_sink: bool = False, attend_to_masked: bool = False,
+                keep_sink: bool = False, attend_to_masked: bool = False, prompt_sees_answer: bool = True,
                 predictions: list[dict[str, Any]] | None = None,
                 known_answers: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """The metrics of the module docstring per direction (and the incorrect-inference rate where QA
     rows give an `incorrect_answer`); each answer given is appended to `predictions`
     (the row, prediction, exact_match) when a list is passed. `shift`, `keep_sink`,
-    `attend_to_masked`: the rules the model was trained with (see `mft.decoding.generate`).
+    `attend_to_masked`, `prompt_sees_answer`: the rules the model was trained with (see `mft.decoding.generate`).
     `known_answers`: right answers of questions outside `qa` (trained ones), for `borrowed`."""
     was_training = model.training
     model.eval()
@@ -102,7 +100,8 @@ def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str,
         prompts = [encode_prompt(tokenizer, item["question"], chat=item.get("format", "chat") == "chat")
                    for item in qa]
         answers = generate(model, tokenizer, prompts, decoding, max_new_tokens, batch_size, shift=shift,
-                           keep_sink=keep_sink, attend_to_masked=attend_to_masked)
+                           keep_sink=keep_sink, attend_to_masked=attend_to_masked,
+                           prompt_sees_answer=prompt_sees_answer)
     finally:
         model.train(was_training)
     texts = [tokenizer.decode(answer, skip_special_tokens=True) for answer in answers]
@@ -300,23 +299,44 @@ class QAEvaluationMixin:
     decoding and training rules) unless the arguments set `decoding`; `max_new_tokens` comes from
     the arguments (`MFTConfig`)."""
 
+    _decoding_spec: DecodingSpec | None = None
+
     @property
     def objective(self):
         return getattr(self.data_collator, "objective", None)
 
     @property
+    def decoding_spec(self) -> DecodingSpec:
+        """How the model answers: the collator's objective's rules and natural decoding unless the
+        arguments set `decoding`. `mft.train` sets it (adding the recipe's system prompt); it is
+        saved with every model the trainer writes (`_save`: the final model and each checkpoint)."""
+        if self._decoding_spec is None:
+            max_new_tokens = mft_option(self.args, "max_new_tokens")
+            decoding = getattr(self.args, "decoding", None)
+            if self.objective is None:
+                return DecodingSpec(decoding=decoding or "causal", max_new_tokens=max_new_tokens)
+            return DecodingSpec.of(self.objective, self.processing_class, decoding, max_new_tokens)
+        return self._decoding_spec
+
+    @decoding_spec.setter
+    def decoding_spec(self, spec: DecodingSpec) -> None:
+        self._decoding_spec = spec
+
+    @property
     def decoding(self) -> str:
-        chosen = getattr(self.args, "decoding", None)
-        if chosen:
-            return chosen
-        return self.objective.decoding if self.objective is not None else "causal"
+        return self.decoding_spec.decoding
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            self.decoding_spec.save(output_dir if output_dir is not None else self.args.output_dir)
 
     def evaluate_qa(self, qa: list[dict[str, str]], predictions: list | None = None) -> dict[str, dict[str, Any]]:
         model = self.accelerator.unwrap_model(self.model)
-        rules = self.objective.decoding_options() if self.objective is not None else {}
-        results = evaluate_qa(model, self.processing_class, qa, self.decoding, mft_option(self.args, "max_new_tokens"),
+        spec = self.decoding_spec
+        results = evaluate_qa(model, self.processing_class, qa, spec.decoding, spec.max_new_tokens,
                               self.args.per_device_eval_batch_size, predictions=predictions,
-                              known_answers=getattr(qa, "known_answers", ()), **rules)
+                              known_answers=getattr(qa, "known_answers", ()), **spec.rules())
         retention = getattr(qa, "retention", None)
         if retention is not None:
             from .retention import retention_metrics
@@ -333,24 +353,6 @@ class QAEvaluationMixin:
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-
-def run_decoding(output_dir: str | Path) -> tuple[Objective, str | None, int]:
-    """(objective, decoding chosen in the recipe or None, max_new_tokens) of a finished run, from its
-    resolved recipe; a run without one is refused: its model's decoding rules would be unknown."""
-    path = Path(output_dir) / "resolved_recipe.yaml"
-    if not path.is_file() and Path(output_dir).name.startswith("checkpoint-"):
-        path = Path(output_dir).parent / "resolved_recipe.yaml"  # a checkpoint of a run: the run's recipe
-    if not path.is_file():
-        raise RecipeError(f"{output_dir} has no resolved_recipe.yaml, which says how its model must be decoded; "
-                          f"give the training.output_dir of a run made by mft train")
-    raw = read_yaml(path.read_text()) or {}
-    section = dict(raw.get("objective") or {})
-    if "name" not in section:
-        raise RecipeError(f"{path} has no objective.name; it is not a resolved recipe of mft train")
-    objective = build_objective(section.pop("name"), **section)
-    training = raw.get("training") or {}
-    return objective, training.get("decoding"), training.get("max_new_tokens") or MFTConfig.max_new_tokens
 
 
 def read_qa_file(qa_file: str | Path, qa_format: str | None = None) -> list[dict[str, str]]:
@@ -385,8 +387,8 @@ def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | No
                  max_new_tokens: int | None = None, batch_size: int = 32,
                  qa_format: str | None = None) -> dict[str, dict[str, Any]]:
     """`mft eval`: answer the questions of `qa_file` with a finished run's model. The decoding, the
-    answer length and the objective's decoding rules default to the run's resolved recipe."""
-    from .models import load_trained
+    answer length and the decoding rules default to the model's decoding spec (`mft.load`)."""
+    from .inference import load
 
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
@@ -401,12 +403,11 @@ def evaluate_run(output_dir: str | Path, qa_file: str | Path, decoding: str | No
                           f"training.output_dir of a finished run, or one of its checkpoint-N folders")
     if batch_size < 1:
         raise RecipeError(f"--batch-size {batch_size}; use at least 1")
-    objective, run_decoding_method, run_max_new_tokens = run_decoding(output_dir)
-    decoding = decoding or run_decoding_method or objective.decoding
-    max_new_tokens = run_max_new_tokens if max_new_tokens is None else max_new_tokens
-    model, tokenizer = load_trained(output_dir)
+    trained = load(output_dir)
+    spec = trained.spec
     run_folder = output_dir.parent if output_dir.name.startswith("checkpoint-") else output_dir
     answers_file = run_folder / TRAINED_ANSWERS_FILE
     known_answers = tuple(json.loads(answers_file.read_text())) if answers_file.is_file() else ()
-    return evaluate_qa(model, tokenizer, qa, decoding, max_new_tokens, batch_size, known_answers=known_answers,
-                       **objective.decoding_options())
+    return evaluate_qa(trained.model, trained.tokenizer, qa, decoding or spec.decoding,
+                       spec.max_new_tokens if max_new_tokens is None else max_new_tokens, batch_size,
+                       known_answers=known_answers, **spec.rules())

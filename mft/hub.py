@@ -44,7 +44,7 @@ TOKENIZER_FILES = (
     "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
     "chat_template.jinja", "chat_template.json",
 )
-RUN_FILES = ("resolved_recipe.yaml", "eval_results.json", "report.md", "accuracy.png", CARD_NAME)
+RUN_FILES = ("mft_decoding.json", "resolved_recipe.yaml", "eval_results.json", "report.md", "accuracy.png", CARD_NAME)
 PUSHED_PATTERNS = MODEL_FILES + ADAPTER_FILES + TOKENIZER_FILES + RUN_FILES
 
 # Training settings left out of the card: paths on the machine that trained.
@@ -80,12 +80,20 @@ ${training}
 ## Usage
 
 ```python
+import mft
 from huggingface_hub import snapshot_download
+
+trained = mft.load(snapshot_download("${repo}"))  # the model, its tokenizer and its decoding spec
+print(trained.generate(["your question"])[0])
+```
+
+or from the command line: `mft generate ${repo} "your question"`. `mft_decoding.json` holds the decoding rules; by hand, `generate` does this:
+
+```python
 from mft.data.tokenize import encode_prompt
 from mft.decoding import generate
-from mft.models import load_trained
 
-model, tokenizer = load_trained(snapshot_download("${repo}"))
+model, tokenizer = trained.model, trained.tokenizer
 prompt = encode_prompt(tokenizer, "your question")
 ${unknown_decoding}answer = generate(model, tokenizer, [prompt], ${decoding}, max_new_tokens=${max_new_tokens}${rules})[0]
 print(tokenizer.decode(answer, skip_special_tokens=True))
@@ -95,7 +103,7 @@ ${notes}The full recipe, every default filled in, is `resolved_recipe.yaml`; `re
 show exact match during training.
 ''')
 
-ADAPTER_NOTE = '''This is a PEFT (LoRA) adapter: `load_trained` loads the base model named in `adapter_config.json`\
+ADAPTER_NOTE = '''This is a PEFT (LoRA) adapter: `mft.load` loads the base model named in `adapter_config.json`\
 {grows} and applies the adapter. With PEFT alone:
 
 ```python
@@ -271,10 +279,24 @@ def _results_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _decoding(recipe: dict[str, Any]) -> tuple[str | None, list[str], str | None]:
-    """How `mft eval` answers with this run's model: (the decoding method, or None when it cannot be
-    known; the objective's decoding rules that are True, `generate`'s defaults being all False; why
-    the decoding or its rules are unknown, or None)."""
+def _decoding(output_dir: Path, recipe: dict[str, Any]) -> tuple[str | None, list[str], str | None, int]:
+    """How `mft.load(...).generate` answers with this run's model: (the decoding method, or None when
+    it cannot be known; the decoding rules that differ from `generate`'s defaults, as "key=value"; why
+    the decoding or its rules are unknown, or None; max_new_tokens). From the run's decoding spec,
+    else (a run saved before specs were) from its resolved recipe."""
+    from .decoding import DecodingSpec
+    from .training_args import MFTConfig
+
+    spec = DecodingSpec.read(output_dir)
+    if spec is not None:
+        defaults = DecodingSpec().rules()
+        return (spec.decoding, [f"{key}={value}" for key, value in spec.rules().items() if value != defaults[key]],
+                None, spec.max_new_tokens)
+    max_new_tokens = (recipe.get("training") or {}).get("max_new_tokens") or MFTConfig.max_new_tokens
+    return (*_recipe_decoding(recipe), max_new_tokens)
+
+
+def _recipe_decoding(recipe: dict[str, Any]) -> tuple[str | None, list[str], str | None]:
     from .objectives import DECODINGS, build_objective
 
     section = dict(recipe.get("objective") or {})
@@ -289,7 +311,7 @@ def _decoding(recipe: dict[str, Any]) -> tuple[str | None, list[str], str | None
     except (MFTError, TypeError, ValueError):  # an unknown (or newer) objective: the card is still written
         why = f"the run's objective `{name}` is not one this version of mft can build"
         return decoding, [], None if decoding == "causal" else why
-    return decoding or objective.decoding, [key for key, on in objective.decoding_options().items() if on], None
+    return decoding or objective.decoding, [f"{key}=True" for key, on in objective.decoding_options().items() if on], None
 
 
 def _notes(repo: str, adapter: bool, added_mask_token: bool, base: str | None, decoding: str | None,
@@ -323,7 +345,6 @@ def model_card(output_dir: str | Path, *, repo_id: str | None = None) -> str:
     Nothing from the environment is read, and keys that may hold a secret are left out (`redact`)."""
     from huggingface_hub import ModelCardData
 
-    from .training_args import MFTConfig
     from .models.loading import MASK_TOKEN
 
     output_dir = Path(output_dir)
@@ -351,7 +372,7 @@ def model_card(output_dir: str | Path, *, repo_id: str | None = None) -> str:
     rows += [("mask token", _mask_token_note(mask_token, pretrained, added_mask_token))] + data_rows
     rows += [(f"training.{key}", _text(value)) for key, value in _card_training(training).items()]
 
-    decoding, rules, unknown = _decoding(recipe)
+    decoding, rules, unknown, max_new_tokens = _decoding(output_dir, recipe)
     repo = repo_id or "REPO_ID"
     return CARD_TEMPLATE.substitute(
         front_matter=card_data.to_yaml(),
@@ -365,8 +386,8 @@ def model_card(output_dir: str | Path, *, repo_id: str | None = None) -> str:
         repo=repo,
         unknown_decoding="" if decoding else UNKNOWN_DECODING,
         decoding=f'"{decoding}"' if decoding else "decoding",
-        max_new_tokens=training.get("max_new_tokens") or MFTConfig.max_new_tokens,
-        rules="".join(f", {key}=True" for key in rules),
+        max_new_tokens=max_new_tokens,
+        rules="".join(f", {rule}" for rule in rules),
         notes=_notes(repo, adapter, added_mask_token, base_hub_id, decoding, unknown),
     )
 

@@ -331,6 +331,7 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
     from .collator import MFTCollator
     from .eval import TRAINED_ANSWERS_FILE, baseline_results, direction_results, flatten_metrics, write_report
     from .models import count_parameters
+    from .decoding import DecodingSpec
     from .trainer import MFTTrainer, QASet
 
     args = recipe.training
@@ -394,6 +395,8 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
     args.hub_token = None     # and the token is never pickled into training_args.bin
     trainer = MFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=qa or None,
                          data_collator=collator, processing_class=tokenizer, run_identity=identity)
+    trainer.decoding_spec = DecodingSpec.of(collator.objective, tokenizer, args.decoding, args.max_new_tokens,
+                                            system_prompt=recipe.model.system_prompt)
     stage("training")
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = trainer.train_seconds  # the whole run's, also after a resume

@@ -307,7 +307,8 @@ def test_generate_masked_any_order_drops_the_slots_after_an_eos(tokenizer):
     prompts = prompts_of(tokenizer)
     starts = [len(p) for p in prompts]
     model.lm_head.register_forward_hook(eos_sure_at_slot_2)
-    answers = generate_masked_any_order(model, tokenizer, prompts, max_new_tokens=6)
+    # (the hook edits the [batch, length, vocab] logits, so the head runs at every position here)
+    answers = generate_masked_any_order(model, tokenizer, prompts, max_new_tokens=6, slots_only=False)
     assert all(len(answer) <= 2 and eos not in answer for answer in answers)
     assert any(len(answer) == 2 for answer in answers)
 
@@ -347,7 +348,7 @@ def test_evaluate_qa_exact_match(tokenizer, monkeypatch):
     calls = []
 
     def fake_generate(model, tok, prompts, decoding, max_new_tokens, batch_size=64, shift=False, keep_sink=False,
-                      attend_to_masked=False):
+                      attend_to_masked=False, prompt_sees_answer=True):
         calls.append((prompts, decoding, max_new_tokens))
         assert prompts == [encode_prompt(tokenizer, item["question"]) for item in qa]
         return [list(a) for a in answers]
@@ -407,3 +408,111 @@ def test_evaluate_qa_with_a_real_model(tokenizer):
                 for item, a in zip(qa, generated) if item["direction"] == direction]
         expected[direction] = {"exact_match": pytest.approx(sum(hits) / len(hits)), "n": len(hits)}
     assert {d: without_rouge(m) for d, m in results.items()} == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# faster masked decoding (issue 19): the exact paths give the reference's answers token for token
+
+RULES = [dict(shift=False, keep_sink=False, attend_to_masked=False), dict(shift=True, keep_sink=True, attend_to_masked=False),
+         dict(shift=True, keep_sink=False, attend_to_masked=True), dict(shift=False, keep_sink=True, attend_to_masked=True)]
+
+
+def count_forwards(model):
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls, handle
+
+
+@pytest.mark.parametrize("rules", RULES)
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_the_lm_head_at_the_slots_alone_gives_the_same_answers(tokenizer, rules, attn_implementation):
+    model = make_model(tokenizer, attn_implementation)
+    prompts = prompts_of(tokenizer)
+    for decode in (generate_masked, generate_masked_any_order):
+        full = decode(model, tokenizer, prompts, 6, **rules, slots_only=False)
+        assert decode(model, tokenizer, prompts, 6, **rules, slots_only=True) == full
+        assert any(full)
+
+
+@pytest.mark.parametrize("rules", RULES)
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_the_prompt_cache_is_the_decoder_of_a_prompt_that_never_sees_the_answer(tokenizer, rules, attn_implementation):
+    from mft.decoding import generate_masked_cached
+
+    model = make_model(tokenizer, attn_implementation, seed=1)
+    prompts = prompts_of(tokenizer)  # 1 to 6 words: left padding and restarting positions are exercised
+    blocked = generate_masked(model, tokenizer, prompts, 6, **rules, prompt_sees_answer=False)
+    assert generate_masked_cached(model, tokenizer, prompts, 6, **rules) == blocked
+    assert generate_masked_cached(model, tokenizer, prompts, 6, **rules, slots_only=False) == blocked
+    # one prompt at a time: the same (padding is never attended)
+    assert [generate_masked_cached(model, tokenizer, [p], 6, **rules)[0] for p in prompts] == blocked
+
+
+def test_the_prompt_rule_changes_answers_and_the_cache_follows_the_blocked_rule(tokenizer):
+    from mft.decoding import generate_masked_cached
+
+    differ = 0
+    for seed in range(4):
+        model = make_model(tokenizer, seed=seed)
+        prompts = prompts_of(tokenizer)
+        seeing = generate_masked(model, tokenizer, prompts, 6)
+        blocked = generate_masked(model, tokenizer, prompts, 6, prompt_sees_answer=False)
+        assert generate_masked_cached(model, tokenizer, prompts, 6) == blocked
+        differ += seeing != blocked
+    assert differ  # the rule matters, so the test above can fail
+
+
+@pytest.mark.parametrize("decode_name", ["masked", "masked_any_order", "causal"])
+def test_prompts_of_different_lengths_decode_together_as_alone(tokenizer, decode_name):
+    model = make_model(tokenizer, "sdpa", seed=2)
+    prompts = prompts_of(tokenizer)
+    together = generate(model, tokenizer, prompts, decode_name, 6, batch_size=len(prompts), shift=True, keep_sink=True)
+    alone = [generate(model, tokenizer, [p], decode_name, 6, shift=True, keep_sink=True)[0] for p in prompts]
+    assert together == alone
+
+
+def test_threshold_parallel_decoding_writes_several_slots_per_step(tokenizer):
+    model = make_model(tokenizer, seed=3)
+    prompts = prompts_of(tokenizer)
+    exact = generate_masked_any_order(model, tokenizer, prompts, 6)
+    calls, handle = count_forwards(model)
+    try:
+        # a threshold no slot reaches (probabilities < 1): one slot per step, the exact decoder
+        assert generate_masked_any_order(model, tokenizer, prompts, 6, threshold=1.0) == exact
+        exact_steps = len(calls)
+        calls.clear()
+        # every slot passes a tiny threshold: all written in the first step, each its first arg-max
+        everything = generate_masked_any_order(model, tokenizer, prompts, 6, threshold=1e-9)
+        assert len(calls) == 1 < exact_steps
+    finally:
+        handle.remove()
+    # ... each slot's arg-max with every slot masked, the answer ending at the first EOS
+    for prompt, answer in zip(prompts, everything):
+        assert answer == first_step_argmax(model, tokenizer, prompt, 6)
+
+
+@torch.no_grad()
+def first_step_argmax(model, tokenizer, prompt: list[int], slots: int) -> list[int]:
+    eos, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
+    banned = [i for i in tokenizer.all_special_ids if i != eos]
+    row = list(prompt) + [mask_id] * slots
+    allowed = torch.ones(len(row), len(row), dtype=torch.bool)
+    allowed[:, len(prompt):] = False
+    allowed |= torch.eye(len(row), dtype=torch.bool)
+    mask = torch.zeros(1, 1, len(row), len(row)).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    logits = model(input_ids=torch.tensor([row]), attention_mask=mask).logits[0, len(prompt):]
+    logits[:, banned] = float("-inf")
+    tokens = logits.argmax(-1).tolist()
+    return tokens[:tokens.index(eos)] if eos in tokens else tokens
+
+
+def test_speed_options_are_refused_where_they_do_not_apply(tokenizer):
+    from mft.errors import RecipeError
+
+    model = make_model(tokenizer)
+    prompts = prompts_of(tokenizer)
+    for kwargs, message in [({"decoding": "masked", "threshold": 0.9}, "applies to masked_any_order"),
+                            ({"decoding": "masked_any_order", "threshold": 0.0}, "probability in"),
+                            ({"decoding": "causal", "prompt_cache": True}, "prompt_cache applies to masked")]:
+        with pytest.raises(RecipeError, match=message):
+            generate(model, tokenizer, prompts, max_new_tokens=3, **kwargs)

@@ -340,10 +340,13 @@ def test_decoding_matches_reference_loops(word_tokenizer, architecture, decoding
     assert min(len(answer) for answer in expected) < MAX_NEW_TOKENS, expected
     if decoding == "masked_any_order":
         assert expected != [masked_reference(model, tokenizer, prompt) for prompt in prompts]
+    assert decode(model, tokenizer, prompts, MAX_NEW_TOKENS) == expected  # (masked: the LM head at the slots alone)
+    # the whole logits of each step, to compare with the reference's
+    full = {} if decoding == "causal" else {"slots_only": False}
     seen = []
     hook = model.register_forward_hook(lambda module, inputs, output: seen.append(output.logits.detach().clone()))
     try:
-        answers = decode(model, tokenizer, prompts, MAX_NEW_TOKENS)
+        answers = decode(model, tokenizer, prompts, MAX_NEW_TOKENS, **full)
     finally:
         hook.remove()
     assert answers == expected
@@ -409,7 +412,8 @@ def test_a_masked_decoding_step_computes_the_training_logits(word_tokenizer, shi
     seen = []
     hook = model.register_forward_hook(lambda module, inputs, output: seen.append(output.logits.detach().clone()))
     try:
-        decoded = generate_masked(model, tokenizer, [prompt], max_new_tokens=1, shift=shift, keep_sink=keep_sink)
+        decoded = generate_masked(model, tokenizer, [prompt], max_new_tokens=1, shift=shift, keep_sink=keep_sink,
+                                  slots_only=False)  # the whole logits, to compare with training's
     finally:
         hook.remove()
     slot = len(prompt)

@@ -215,7 +215,7 @@ def test_push_run_adapter_card(adapter_run):
     assert "lora (r=2, alpha=4.0" in card
     assert "| objective.mix |" in card and '"mlm_u": 0.5' in card and '"shift": true' in card
     assert "`<\\|mask\\|>`, added" in card and "resize_token_embeddings" in card
-    assert "load_trained" in card and "PeftModel.from_pretrained" in card
+    assert "mft.load" in card and "PeftModel.from_pretrained" in card
     assert "| data.train_file | wiki_train.jsonl |" in card and "private" not in card  # names, not local paths
     assert "| forward | 0.500 | 0.750 | 4 |" in card and "ROUGE-1 recall" in card
     assert "| training.max_steps | 2 |" in card and "output_dir" not in card

@@ -120,7 +120,8 @@ def test_a_model_trained_with_visible_masks_is_evaluated_with_visible_masks(tmp_
     monkeypatch.setattr(mft.eval, "generate", fake_generate)
     trainer.evaluate_qa(trainer.eval_dataset or mft.eval.QASet(
         [{"question": "a", "answer": "b", "direction": "forward"}]))
-    assert received == {"shift": False, "keep_sink": False, "attend_to_masked": True, "decoding": "masked",
+    assert received == {"shift": False, "keep_sink": False, "attend_to_masked": True, "prompt_sees_answer": True,
+                        "decoding": "masked",
                         "max_new_tokens": 16}
 
 
@@ -146,14 +147,15 @@ def test_mft_eval_uses_the_runs_answer_length(tmp_path, monkeypatch, capsys):
     assert received["max_new_tokens"] == 3
 
 
-def test_mft_eval_refuses_a_run_without_its_recipe(tmp_path, capsys):
+def test_mft_eval_refuses_a_model_folder_without_a_tokenizer(tmp_path, capsys):
+    # (a folder without a decoding spec or a recipe is a plain causal LM: tests/test_inference.py)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text("{}")
     qa = tmp_path / "qa.jsonl"
     qa.write_text(json.dumps({"question": "q", "answer": "a", "direction": "forward"}) + "\n")
     line = error_line(capsys, ["eval", str(run_dir), "--qa", str(qa)], entry=mft.cli.main)
-    assert "resolved_recipe.yaml" in line
+    assert "no tokenizer" in line
 
 
 def test_max_new_tokens_below_one_is_refused(tmp_path, capsys):
