@@ -18,6 +18,16 @@ every open slot's arg-max token and its probability, and writes in the one token
 of, which becomes visible to all. An EOS written at slot k ends the answer there: the slots after it
 are dropped. The answer may thus be built from its end (a path from its goal back to its start, a
 name from its last word), which left-to-right decoding never allows.
+
+Speed options of masked decoding (BENCHMARKS.md, "Masked decoding variants"): `slots_only` runs
+the LM head only at the positions read (exact; the default); `threshold` lets any-order decoding
+write every slot at least that probable per step (Fast-dLLM's threshold-parallel decoding; not
+exact); `prompt_cache` (`generate_masked_cached`) computes the prompt's keys and values once,
+which is exact for a model whose prompt never attended to its answer (`prompt_sees_answer=False`)
+and an approximation otherwise.
+
+`DecodingSpec` (saved as `mft_decoding.json` beside every model mft writes) holds the rules above
+that a trained model needs, so that whoever loads it (`mft.load`) decodes as its training did.
 """
 
 from __future__ import annotations
