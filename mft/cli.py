@@ -28,7 +28,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--jsonl", action="store_true", help='print {"prompt", "answer"} lines instead of bare answers')
     parser.add_argument("--threshold", type=float, default=None,
-                        help="masked_any_order: write every slot at least this probable per step (faster, not exact)")
+                        help="masked decoding: several slots per step, each at least this probable (left to right: the run "
+                             "after the first slot; any order: every such slot); faster, not exact")
     parser.add_argument("--prompt-cache", action="store_true",
                         help="masked: the prompt's keys and values computed once (exact for a model trained with "
                           "prompt_sees_answer: false, else an approximation)")

@@ -110,8 +110,10 @@ class MFTCollator:
         weights = torch.zeros((batch, length), dtype=torch.float)
         key_valid = torch.zeros((batch, length), dtype=torch.bool)
         hidden = torch.zeros((batch, length), dtype=torch.bool)
+        prompt = torch.zeros((batch, length), dtype=torch.bool)
         for b, row in enumerate(rows):
             n = len(row)
+            prompt[b, :row.prompt_end] = not row.causal
             input_ids[b, :n] = row.input_ids
             labels[b, :n] = row.labels
             weights[b, :n] = row.weights
@@ -123,7 +125,8 @@ class MFTCollator:
         if causal.all() and not custom:
             attention_mask = key_valid.long()
         else:
-            attention_mask = attention_mask_4d(key_valid, causal, hidden, torch.tensor([row.sink for row in rows]))
+            attention_mask = attention_mask_4d(key_valid, causal, hidden, torch.tensor([row.sink for row in rows]),
+                                               prompt)
         for b, row in enumerate(rows):
             if row.attention is not None:
                 n = len(row)
@@ -171,6 +174,7 @@ class MFTCollator:
         causal = torch.ones(shape, dtype=torch.bool)
         hidden = torch.zeros(shape, dtype=torch.bool)
         sink_start = torch.zeros(shape, dtype=torch.bool)
+        prompt = torch.zeros(shape, dtype=torch.bool)
         names = getattr(self.objective, "component_names", None)
         sources = torch.full(shape, -1, dtype=torch.long)
         for b, packed in enumerate(bins):
@@ -184,11 +188,12 @@ class MFTCollator:
                 if row.hidden is not None:
                     hidden[b, span] = row.hidden
                 sink_start[b, start] = row.sink and not row.causal
+                prompt[b, start:start + row.prompt_end] = not row.causal
                 if names:
                     sources[b, span] = names.index(row.source) if row.source in names else -1
                 start += len(row)
         batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "position_ids": position_ids,
-                 "attention_mask": packed_attention_mask(segments, causal, hidden, sink_start)}
+                 "attention_mask": packed_attention_mask(segments, causal, hidden, sink_start, prompt)}
         if names:
             batch["source_ids"] = sources
         return batch

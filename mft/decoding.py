@@ -20,9 +20,9 @@ are dropped. The answer may thus be built from its end (a path from its goal bac
 name from its last word), which left-to-right decoding never allows.
 
 Speed options of masked decoding (BENCHMARKS.md, "Masked decoding variants"): `slots_only` runs
-the LM head only at the positions read (exact; the default); `threshold` lets any-order decoding
-write every slot at least that probable per step (Fast-dLLM's threshold-parallel decoding; not
-exact); `prompt_cache` (`generate_masked_cached`) computes the prompt's keys and values once,
+the LM head only at the positions read (exact; the default); `threshold` writes several slots per
+step (Fast-dLLM's threshold-parallel decoding; not exact): left to right, the first slot and the
+slots after it while each is at least that probable; in any order, every slot that probable; `prompt_cache` (`generate_masked_cached`) computes the prompt's keys and values once,
 which is exact for a model whose prompt never attended to its answer (`prompt_sees_answer=False`)
 and an approximation otherwise.
 
@@ -196,52 +196,87 @@ def _block_prompt_from_answer(allowed: torch.Tensor, prompt_lengths: torch.Tenso
     return allowed & ~barred[:, None]
 
 
+# Slots read per step by threshold-parallel left-to-right decoding: enough for most of a short
+# answer in one step, few enough that the extra (hidden) slot positions cost little.
+THRESHOLD_SLOTS = 8
+
+
+def _accepted_run(tokens: list[int], confidences: list[float], threshold: float | None,
+                  eos_id: int) -> tuple[list[int], bool]:
+    """The tokens written from one row's slots (left to right): the first always, the next ones
+    while each is at least `threshold` probable; an EOS ends the answer. Returns (tokens, ended)."""
+    written: list[int] = []
+    for j, (token, confidence) in enumerate(zip(tokens, confidences)):
+        if j > 0 and (threshold is None or confidence < threshold):
+            break
+        if token == eos_id:
+            return written, True
+        written.append(token)
+    return written, False
+
+
+def _read_slots(slot_logits: torch.Tensor, banned: list[int], counts: list[int]) -> list[tuple[list[int], list[float]]]:
+    """Arg-max token and its probability at each row's slots (`counts[b]` rows of `slot_logits`, in
+    row order), special tokens other than EOS barred."""
+    slot_logits[:, banned] = float("-inf")
+    confidence, tokens = slot_logits.softmax(-1).max(-1)
+    tokens, confidence = tokens.cpu().tolist(), confidence.cpu().tolist()
+    out, at = [], 0
+    for count in counts:
+        out.append((tokens[at:at + count], confidence[at:at + count]))
+        at += count
+    return out
+
+
 @torch.no_grad()
 def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
                     shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False,
-                    prompt_sees_answer: bool = True, slots_only: bool = True) -> list[list[int]]:
+                    prompt_sees_answer: bool = True, slots_only: bool = True,
+                    threshold: float | None = None) -> list[list[int]]:
     """Left-to-right masked decoding (one mask slot at a time), greedy; see the module docstring.
     With `shift` (a model trained with a shifted masked objective) the slot's token is read from
     the logits one position to its left; with `attend_to_masked` the slot is an attention key, as
     masked positions were in training; without `prompt_sees_answer` no prompt position attends to
-    the answer (block-causal training). `slots_only`: the LM head at the slots alone (exact)."""
+    the answer (block-causal training). `slots_only`: the LM head at the slots alone (exact).
+
+    `threshold` (threshold-parallel, still left to right): each step appends up to
+    `THRESHOLD_SLOTS` slots and writes the first one's token, as above, and then each following
+    slot's while it is at least `threshold` probable. Without `attend_to_masked` the first slot's
+    prediction is the one-slot decoder's (the extra slots are no one's keys); the later ones are
+    predicted without the tokens just written before them, which is the approximation."""
     if tokenizer.mask_token_id is None:
         raise RecipeError("masked decoding needs a tokenizer with a mask token")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    banned = [i for i in tokenizer.all_special_ids if i != tokenizer.eos_token_id]
+    eos_id, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    banned = [i for i in tokenizer.all_special_ids if i != eos_id]
+    slots_per_step = 1 if threshold is None else THRESHOLD_SLOTS
 
-    sequences = [list(p) for p in prompts]
     answers: list[list[int]] = [[] for _ in prompts]
     active = list(range(len(prompts)))
-    for _ in range(max_new_tokens):
-        if not active:
-            break
-        rows = [sequences[i] + [tokenizer.mask_token_id] for i in active]
+    while active:
+        counts = [min(slots_per_step, max_new_tokens - len(answers[i])) for i in active]
+        rows = [list(prompts[i]) + answers[i] + [mask_id] * count for i, count in zip(active, counts)]
         length = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
         key_valid = torch.zeros((len(rows), length), dtype=torch.bool)
         hidden = torch.zeros((len(rows), length), dtype=torch.bool)
-        slots = torch.tensor([len(r) - 1 for r in rows])
-        for b, row in enumerate(rows):
+        read = torch.zeros((len(rows), length), dtype=torch.bool)
+        for b, (row, count) in enumerate(zip(rows, counts)):
             input_ids[b, : len(row)] = torch.tensor(row)
             key_valid[b, : len(row)] = True
-            hidden[b, len(row) - 1] = not attend_to_masked
+            hidden[b, len(row) - count: len(row)] = not attend_to_masked
+            read[b, len(row) - count - int(shift): len(row) - int(shift)] = True
         allowed = attention_mask_4d(key_valid, torch.zeros(len(rows), dtype=torch.bool), hidden,
                                     torch.full((len(rows),), keep_sink))
         if not prompt_sees_answer:
             allowed = _block_prompt_from_answer(allowed, torch.tensor([len(prompts[i]) for i in active]))
-        read = torch.zeros((len(rows), length), dtype=torch.bool)
-        read[torch.arange(len(rows)), slots - int(shift)] = True
         slot_logits = logits_at(model, read, slots_only, **_masked_model_inputs(model, input_ids, allowed))
-        slot_logits[:, banned] = float("-inf")
-        next_tokens = slot_logits.argmax(-1).tolist()
         still_active = []
-        for i, token in zip(active, next_tokens):
-            if token == tokenizer.eos_token_id:
-                continue
-            sequences[i].append(token)
-            answers[i].append(token)
-            still_active.append(i)
+        for i, (tokens, confidences) in zip(active, _read_slots(slot_logits, banned, counts)):
+            written, ended = _accepted_run(tokens, confidences, threshold, eos_id)
+            answers[i].extend(written)
+            if not ended and len(answers[i]) < max_new_tokens:
+                still_active.append(i)
         active = still_active
     return answers
 
@@ -249,25 +284,29 @@ def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 @torch.no_grad()
 def generate_masked_cached(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
                            shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False,
-                           slots_only: bool = True) -> list[list[int]]:
+                           slots_only: bool = True, threshold: float | None = None) -> list[list[int]]:
     """Left-to-right masked decoding with the prompt's keys and values computed once.
 
     The prompts are left-padded to a common end P (position ids restart at each prompt's first
     token) and run once, bidirectionally, into a key/value cache, which then drops their last token.
-    Each step runs only [last prompt token, answer so far, one mask slot] against that cache, and
+    Each step runs only [last prompt token, answer so far, the mask slots] against that cache, and
     the cache is cut back after it. Prompt positions therefore never attend to the answer: this is
-    exactly `generate_masked(..., prompt_sees_answer=False)`, the decoder of a model trained with
-    `prompt_sees_answer: false`; for a model trained with the prompt seeing the answer it is an
-    approximation (its cost is measured in BENCHMARKS.md, decoding). The last prompt token is re-run
-    each step because with `shift` it predicts the first answer token. Needs a model that takes
-    `past_key_values` (Hugging Face causal LMs)."""
+    exactly `generate_masked(..., prompt_sees_answer=False)` (with the same `threshold`), the
+    decoder of a model trained with `prompt_sees_answer: false`; for a model trained with the prompt
+    seeing the answer it is an approximation (its cost is measured in BENCHMARKS.md, decoding). The
+    last prompt token is re-run each step because with `shift` it predicts the first answer token.
+    Rows advance at their own pace (with `threshold`); a row whose answer is finished is padding
+    from then on. Needs a model that takes `past_key_values` (Hugging Face causal LMs)."""
     from transformers import DynamicCache
+
+    from .loss import cache_argument
 
     if tokenizer.mask_token_id is None:
         raise RecipeError("masked decoding needs a tokenizer with a mask token")
     eos_id, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     banned = [i for i in tokenizer.all_special_ids if i != eos_id]
+    slots_per_step = 1 if threshold is None else THRESHOLD_SLOTS
     batch = len(prompts)
     lengths = torch.tensor([len(p) for p in prompts])
     width = int(lengths.max())  # P
@@ -276,14 +315,14 @@ def generate_masked_cached(model, tokenizer, prompts: list[list[int]], max_new_t
     for b, prompt in enumerate(prompts):
         prompt_ids[b, int(start[b]):] = torch.tensor(prompt, dtype=torch.long)
     columns = torch.arange(width + max_new_tokens)
-    valid = columns[None] >= start[:, None]  # [B, P + max_new_tokens]: padding is never a key
     positions = (columns[None] - start[:, None]).clamp_min(0)
 
-    def allowed_between(queries: torch.Tensor, keys: int, hidden_keys: torch.Tensor) -> torch.Tensor:
-        """[B, 1, q, keys]: the query columns `queries` attend to the valid keys before column
-        `keys`, prompt queries to prompt keys only, no one to hidden keys, the sink to itself alone."""
+    def allowed_between(queries: torch.Tensor, key_valid: torch.Tensor, hidden_keys: torch.Tensor) -> torch.Tensor:
+        """[B, 1, q, keys]: the query columns `queries` attend to the valid, not hidden keys
+        (columns 0 .. keys - 1), prompt queries to prompt keys only, the sink to itself alone."""
+        keys = key_valid.shape[1]
         key_columns = columns[:keys]
-        allowed = valid[:, None, :keys] & ~hidden_keys[:, None, :]
+        allowed = key_valid[:, None, :] & ~hidden_keys[:, None, :]
         prompt_query = queries[None, :, None] < width
         allowed = allowed & ~(prompt_query & (key_columns[None, None, :] >= width))
         if keep_sink:
@@ -292,41 +331,45 @@ def generate_masked_cached(model, tokenizer, prompts: list[list[int]], max_new_t
         allowed = allowed | (queries[:, None] == key_columns[None, :])[None]
         return allowed[:, None]
 
-    from .loss import cache_argument
-
     cache, cache_key = DynamicCache(), cache_argument(model)
     # the whole prompt once (each prompt token sees all of its prompt), then its last token dropped
-    mask = allowed_between(columns[:width], width, torch.zeros(batch, width, dtype=torch.bool))
+    prompt_valid = columns[None, :width] >= start[:, None]
+    mask = allowed_between(columns[:width], prompt_valid, torch.zeros(batch, width, dtype=torch.bool))
     model(**_masked_model_inputs(model, prompt_ids, mask, position_ids=positions[:, :width], use_cache=True,
                                  **{cache_key: cache}))
     cache.crop(-1)
     cached = width - 1
 
-    answers = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long)
-    finished = torch.zeros(batch, dtype=torch.bool)
-    lengths_out = torch.full((batch,), max_new_tokens)
-    for step in range(max_new_tokens):
-        # [last prompt token, answers[:step], mask slot] at columns cached .. width + step
-        step_ids = torch.cat([prompt_ids[:, cached:], answers[:, :step], torch.full((batch, 1), mask_id)], dim=1)
-        queries = columns[cached:width + step + 1]
-        hidden_keys = torch.zeros(batch, width + step + 1, dtype=torch.bool)
-        hidden_keys[:, width + step] = not attend_to_masked
-        mask = allowed_between(queries, width + step + 1, hidden_keys)
-        read = torch.zeros(step_ids.shape, dtype=torch.bool)
-        read[:, step_ids.shape[1] - 1 - int(shift)] = True
-        inputs = _masked_model_inputs(model, step_ids, mask, position_ids=positions[:, cached:width + step + 1],
+    answers: list[list[int]] = [[] for _ in prompts]
+    finished = [False] * batch
+    while not all(finished):
+        counts = [0 if finished[b] else min(slots_per_step, max_new_tokens - len(answers[b])) for b in range(batch)]
+        span = max(len(answers[b]) + counts[b] for b in range(batch))
+        # columns width .. width + span - 1: each row's answer so far, its slots, then padding
+        content = torch.full((batch, span), pad_id, dtype=torch.long)
+        ends = torch.zeros(batch, dtype=torch.long)
+        hidden_keys = torch.zeros(batch, width + span, dtype=torch.bool)
+        read = torch.zeros(batch, 1 + span, dtype=torch.bool)  # over [last prompt token, content]
+        for b in range(batch):
+            n, count = len(answers[b]), counts[b]
+            content[b, :n] = torch.tensor(answers[b], dtype=torch.long)
+            content[b, n:n + count] = mask_id
+            ends[b] = width + n + count
+            hidden_keys[b, width + n:width + n + count] = not attend_to_masked
+            read[b, 1 + n - int(shift):1 + n + count - int(shift)] = True
+        step_ids = torch.cat([prompt_ids[:, cached:], content], dim=1)
+        key_valid = (columns[None, :width + span] >= start[:, None]) & (columns[None, :width + span] < ends[:, None])
+        mask = allowed_between(columns[cached:width + span], key_valid, hidden_keys)
+        inputs = _masked_model_inputs(model, step_ids, mask, position_ids=positions[:, cached:width + span],
                                       use_cache=True, **{cache_key: cache})
         slot_logits = logits_at(model, read, slots_only, **inputs)
-        cache.crop(-step_ids.shape[1])  # back to the prompt: the answer is re-run with the next slot
-        slot_logits[:, banned] = float("-inf")
-        tokens = slot_logits.argmax(-1).cpu()
-        ends_here = ~finished & (tokens == eos_id)
-        lengths_out[ends_here] = step
-        finished |= ends_here
-        answers[:, step] = torch.where(finished, torch.full_like(tokens, mask_id), tokens)
-        if finished.all():
-            break
-    return [answers[b, :int(lengths_out[b])].tolist() for b in range(batch)]
+        cache.crop(-step_ids.shape[1])  # back to the prompt: the answer is re-run with the next slots
+        rows = [b for b in range(batch) if counts[b]]
+        for b, (tokens, confidences) in zip(rows, _read_slots(slot_logits, banned, [counts[b] for b in rows])):
+            written, ended = _accepted_run(tokens, confidences, threshold, eos_id)
+            answers[b].extend(written)
+            finished[b] = ended or len(answers[b]) >= max_new_tokens
+    return answers
 
 
 @torch.no_grad()
@@ -401,7 +444,8 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_
     time, by the `decoding` method (one of `DECODINGS`). `shift`, `keep_sink`, `attend_to_masked`
     and `prompt_sees_answer` are the rules the model was trained with (`DecodingSpec.rules()`);
     causal decoding needs none of them. The speed options of masked decoding: `slots_only` (the LM
-    head only at the slots; exact), `threshold` (any order: several slots per step), `prompt_cache`
+    head only at the slots; exact), `threshold` (several slots per step: left to right, the run of
+    confident slots after the first; any order, every confident slot), `prompt_cache`
     (left to right: the prompt's keys and values once; exact without `prompt_sees_answer`)."""
     if decoding not in DECODINGS:
         raise RecipeError(f"decoding = {decoding!r} is not a decoding method; use one of {', '.join(DECODINGS)}")
@@ -409,8 +453,8 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_
         raise RecipeError(f"max_new_tokens = {max_new_tokens}; answers need at least 1 new token")
     if threshold is not None and not 0.0 < threshold <= 1.0:
         raise RecipeError(f"threshold = {threshold}; use a probability in (0, 1]")
-    if threshold is not None and decoding != "masked_any_order":
-        raise RecipeError(f"threshold = {threshold} applies to masked_any_order decoding, not {decoding}")
+    if threshold is not None and decoding not in ("masked", "masked_any_order"):
+        raise RecipeError(f"threshold = {threshold} applies to masked decoding, not {decoding}")
     if prompt_cache and decoding != "masked":
         raise RecipeError(f"prompt_cache applies to masked (left-to-right) decoding, not {decoding}")
     rules = {"shift": shift, "keep_sink": keep_sink, "attend_to_masked": attend_to_masked}
@@ -419,10 +463,11 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_
         batch = prompts[start:start + batch_size]
         if decoding == "masked" and prompt_cache:
             answers.extend(generate_masked_cached(model, tokenizer, batch, max_new_tokens, **rules,
-                                                  slots_only=slots_only))
+                                                  slots_only=slots_only, threshold=threshold))
         elif decoding == "masked":
             answers.extend(generate_masked(model, tokenizer, batch, max_new_tokens, **rules,
-                                           prompt_sees_answer=prompt_sees_answer, slots_only=slots_only))
+                                           prompt_sees_answer=prompt_sees_answer, slots_only=slots_only,
+                                           threshold=threshold))
         elif decoding == "masked_any_order":
             answers.extend(generate_masked_any_order(model, tokenizer, batch, max_new_tokens, **rules,
                                                      prompt_sees_answer=prompt_sees_answer, slots_only=slots_only,

@@ -128,6 +128,41 @@ def test_masked_batch_has_4d_bidirectional_mask(objective, options):
         assert total_hidden > 0  # the hidden-key check above had something to check
 
 
+@pytest.mark.parametrize("pack_length", [0, 64])
+def test_prompt_sees_answer_false_keeps_the_prompt_from_its_answer(pack_length):
+    """Block-causal rows: a prompt query sees only its prompt's visible keys; an answer query sees
+    the prompt and the answer's visible keys, exactly as with the prompt seeing the answer."""
+    examples = [{**example(n, seed=n, prompt_length=p), "example_index": i, "epoch": 0}
+                for i, (n, p) in enumerate(((6, 3), (9, 5), (4, 0), (12, 2)))]
+    seeing = MFTCollator(build_objective("mlm_u"), TOKENIZER, seed=0, pack_length=pack_length)(examples)
+    blocked = MFTCollator(build_objective("mlm_u", prompt_sees_answer=False), TOKENIZER, seed=0,
+                          pack_length=pack_length)(examples)
+    assert torch.equal(seeing["input_ids"], blocked["input_ids"])  # the same draws: only the mask differs
+    barred = seeing["attention_mask"][:, 0] & ~blocked["attention_mask"][:, 0]
+    assert not (blocked["attention_mask"] & ~seeing["attention_mask"]).any()
+    starts = [0]
+    for e in examples[:-1]:
+        starts.append(starts[-1] + len(e["input_ids"]) if pack_length else 0)
+    expected = torch.zeros_like(barred)
+    for b, (e, start) in enumerate(zip(examples, starts)):
+        row = 0 if pack_length else b
+        n, p = len(e["input_ids"]), e["prompt_length"]
+        visible = seeing["attention_mask"][row, 0]
+        expected[row, start:start + p, start + p:start + n] = visible[start:start + p, start + p:start + n]
+    assert torch.equal(barred, expected)
+    assert barred.any()
+
+
+def test_prompt_sees_answer_false_is_in_the_decoding_rules():
+    from mft.decoding import DecodingSpec
+
+    objective = build_objective("mlm_u", shift=True, keep_sink=True, prompt_sees_answer=False)
+    assert objective.decoding_options()["prompt_sees_answer"] is False and objective.reads_prompt
+    assert DecodingSpec.of(objective, TOKENIZER).rules()["prompt_sees_answer"] is False
+    mixture = build_objective("mixture", mix={"ar": 0.5, "mlm_u": 0.5}, options={"mlm_u": {"prompt_sees_answer": False}})
+    assert mixture.decoding_options()["prompt_sees_answer"] is False
+
+
 # -- randomness across batches, epochs and workers -------------------------------------------------
 
 

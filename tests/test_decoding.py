@@ -491,6 +491,38 @@ def test_threshold_parallel_decoding_writes_several_slots_per_step(tokenizer):
         assert answer == first_step_argmax(model, tokenizer, prompt, 6)
 
 
+@pytest.mark.parametrize("rules", RULES[:2])
+def test_left_to_right_threshold_decoding_keeps_order_and_writes_confident_runs(tokenizer, rules):
+    from mft.decoding import THRESHOLD_SLOTS, generate_masked_cached
+
+    model = make_model(tokenizer, seed=4)
+    prompts = prompts_of(tokenizer)
+    exact = generate_masked(model, tokenizer, prompts, 6, **rules)
+    calls, handle = count_forwards(model)
+    try:
+        # no slot after the first reaches probability 1: one token per step, the exact decoder
+        assert generate_masked(model, tokenizer, prompts, 6, **rules, threshold=1.0) == exact
+        exact_steps = len(calls)
+        calls.clear()
+        everything = generate_masked(model, tokenizer, prompts, 6, **rules, threshold=1e-9)
+        assert len(calls) == 1 < exact_steps  # 6 <= THRESHOLD_SLOTS slots: one step
+    finally:
+        handle.remove()
+    assert 6 <= THRESHOLD_SLOTS
+    # every slot written in one step: each its arg-max with all six slots masked, cut at the first EOS
+    if not rules["shift"] and not rules["keep_sink"]:
+        for prompt, answer in zip(prompts, everything):
+            assert answer == first_step_argmax(model, tokenizer, prompt, 6)
+    # the first token is always the exact decoder's (the extra slots are no one's keys)
+    for fast, reference in zip(everything, exact):
+        assert fast[:1] == reference[:1]
+    # the prompt cache follows the same rule: the blocked dense decoder with the same threshold,
+    # rows advancing at different paces in one batch
+    for threshold in (1e-9, 0.05, 0.2):
+        blocked = generate_masked(model, tokenizer, prompts, 9, **rules, prompt_sees_answer=False, threshold=threshold)
+        assert generate_masked_cached(model, tokenizer, prompts, 9, **rules, threshold=threshold) == blocked
+
+
 @torch.no_grad()
 def first_step_argmax(model, tokenizer, prompt: list[int], slots: int) -> list[int]:
     eos, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
@@ -511,7 +543,7 @@ def test_speed_options_are_refused_where_they_do_not_apply(tokenizer):
 
     model = make_model(tokenizer)
     prompts = prompts_of(tokenizer)
-    for kwargs, message in [({"decoding": "masked", "threshold": 0.9}, "applies to masked_any_order"),
+    for kwargs, message in [({"decoding": "causal", "threshold": 0.9}, "applies to masked decoding"),
                             ({"decoding": "masked_any_order", "threshold": 0.0}, "probability in"),
                             ({"decoding": "causal", "prompt_cache": True}, "prompt_cache applies to masked")]:
         with pytest.raises(RecipeError, match=message):

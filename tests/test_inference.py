@@ -29,6 +29,7 @@ RUNS = {
     "mlm_u_any_order": ["objective.name=mlm_u", "training.decoding=masked_any_order"],
     "mlm_u_attend_to_masked": ["objective.name=mlm_u", "objective.attend_to_masked=true"],
     "mlm_u_keep_sink_shift": ["objective.name=mlm_u", "objective.keep_sink=true", "objective.shift=true"],
+    "mlm_u_prompt_blocked": ["objective.name=mlm_u", "objective.prompt_sees_answer=false"],
 }
 
 
@@ -47,7 +48,8 @@ def test_every_saved_model_carries_the_spec_of_its_training(runs):
     expected = {"ar": ("causal", False, False, False), "mlm_u": ("masked", False, False, False),
                 "mlm_u_any_order": ("masked_any_order", False, False, False),
                 "mlm_u_attend_to_masked": ("masked", False, False, True),
-                "mlm_u_keep_sink_shift": ("masked", True, True, False)}
+                "mlm_u_keep_sink_shift": ("masked", True, True, False),
+                "mlm_u_prompt_blocked": ("masked", False, False, False)}
     for name, run in runs.items():
         assert len(list(run.glob("checkpoint-*"))) == 1
         for folder in (run, *run.glob("checkpoint-*")):
@@ -56,6 +58,7 @@ def test_every_saved_model_carries_the_spec_of_its_training(runs):
             assert (spec.decoding, spec.shift, spec.keep_sink, spec.attend_to_masked) == expected[name], name
             assert spec.objective == ("ar" if name == "ar" else "mlm_u") and spec.max_new_tokens == 6
             assert spec.mask_token == "<mask>" and spec.chat is False  # a word tokenizer has no chat template
+            assert spec.prompt_sees_answer is (name != "mlm_u_prompt_blocked")
         assert mft.load(run).spec == DecodingSpec.read(run)
 
 
@@ -68,6 +71,8 @@ def test_load_and_generate_answer_as_in_training_evaluation(runs, name):
     answers = trained.generate([row["question"] for row in rows], batch_size=len(rows))
     assert answers == [row["prediction"] for row in rows]
     assert [trained.generate(row["question"])[0] for row in rows[:4]] == answers[:4]
+    if name == "mlm_u_prompt_blocked":  # trained block-causal: the prompt cache is exact
+        assert trained.generate([row["question"] for row in rows], prompt_cache=True) == answers
 
 
 def test_a_checkpoint_without_a_spec_uses_its_runs_and_a_legacy_run_its_recipe(runs, tmp_path):

@@ -18,6 +18,7 @@ CASES = {
     "ar_completion_only": ("ar", {"predict_prompt": False}),
     "mlm_u": ("mlm_u", {"weighting": "1/r"}),
     "mlm_u_shift_sink": ("mlm_u", {"shift": True, "keep_sink": True}),
+    "mlm_u_prompt_blocked": ("mlm_u", {"shift": True, "keep_sink": True, "prompt_sees_answer": False}),
     "masked_reconstruct": ("masked_reconstruct", {}),
     "mixture": ("mixture", {"mix": {"ar": 0.5, "mlm_u": 0.5}}),
 }

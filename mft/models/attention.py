@@ -10,7 +10,9 @@ The rule, per row b, query q and key k:
                                             not hidden[b, k]  if the row is bidirectional)
                        or q == k
 except that in a bidirectional row marked `sink` query 0 sees only itself (it keeps the state a
-pretrained causal LM gives its first token, the attention sink; see `mft.objectives.masked`).
+pretrained causal LM gives its first token, the attention sink; see `mft.objectives.masked`), and
+a query flagged `prompt` (a prompt position of a row trained with `prompt_sees_answer: false`)
+sees only keys flagged `prompt` too (block-causal: the prompt never sees its answer).
 Padding is never a valid key. The diagonal is always allowed, so no query (a padded one, or a
 masked slot with every other token hidden) is left with nothing to attend to.
 """
@@ -24,11 +26,11 @@ import torch
 
 
 def attention_mask_4d(key_valid: torch.Tensor, causal: torch.Tensor, hidden: torch.Tensor | None = None,
-                      sink: torch.Tensor | None = None) -> torch.Tensor:
+                      sink: torch.Tensor | None = None, prompt: torch.Tensor | None = None) -> torch.Tensor:
     """Bool [B, 1, L, L], True = may attend.
 
     key_valid: bool [B, L] (False on padding); causal: bool [B] (per row); hidden: bool [B, L] or None;
-    sink: bool [B] (per row) or None.
+    sink: bool [B] (per row) or None; prompt: bool [B, L] or None (the prompt of a block-causal row).
     """
     batch, length = key_valid.shape
     visible = key_valid if hidden is None else key_valid & ~hidden
@@ -39,25 +41,30 @@ def attention_mask_4d(key_valid: torch.Tensor, causal: torch.Tensor, hidden: tor
     if sink is not None and sink.any():
         allowed = allowed.clone()
         allowed[sink, 0, :] = False  # the diagonal below gives query 0 itself back
+    if prompt is not None and prompt.any():
+        allowed = allowed & ~(prompt[:, :, None] & ~prompt[:, None, :])
     allowed = allowed | torch.eye(length, dtype=torch.bool, device=key_valid.device)[None]
     return allowed[:, None]
 
 
 def packed_attention_mask(segments: torch.Tensor, causal: torch.Tensor, hidden: torch.Tensor,
-                          sink_start: torch.Tensor) -> torch.Tensor:
+                          sink_start: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
     """Bool [B, 1, L, L] for rows that hold several examples one after another (packing): block
     diagonal, each example attending only inside itself by its own rule (causal or bidirectional
     with hidden keys, as in `attention_mask_4d`).
 
     segments: long [B, L], the example each position belongs to (-1 on padding); causal: bool [B, L],
     the rule of the position's example; hidden: bool [B, L]; sink_start: bool [B, L], True at the
-    first position of a `sink` example (it sees only itself).
+    first position of a `sink` example (it sees only itself); prompt: bool [B, L] or None, the
+    prompt positions of block-causal examples (they see only their own prompt).
     """
     length = segments.shape[1]
     same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] >= 0)
     lower = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()[None]
     by_rule = torch.where(causal[:, :, None], lower, ~hidden[:, None, :])
     allowed = same & by_rule & ~sink_start[:, :, None]
+    if prompt is not None and prompt.any():
+        allowed = allowed & ~(prompt[:, :, None] & ~prompt[:, None, :])
     allowed = allowed | torch.eye(length, dtype=torch.bool, device=segments.device)[None]
     return allowed[:, None]
 

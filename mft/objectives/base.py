@@ -17,6 +17,9 @@ An objective turns one example into one or more *rows*, the unit the model sees:
     hidden     [L]  bidirectional rows only: positions that may not be attention keys (masked tokens)
     sink       bool bidirectional rows only: position 0 attends to itself alone, as under causal
                     attention (keeps a pretrained LM's attention sink; see `mft.objectives.masked`)
+    prompt_end int  bidirectional rows only: when > 0, the positions before it (the prompt) never
+                    attend to the positions from it on (the answer), as `prompt_sees_answer: false`
+                    trains; 0: no such rule
     attention  [L, L] bool, optional: a custom mask (query i may attend to key j), replacing the
                     causal/bidirectional rule; `query_attention` [L, L], optional: the mask of a
                     model's separate query stream (two-stream models; see `mft.objectives.permutation`)
@@ -62,6 +65,7 @@ class Row:
     sink: bool = False  # bidirectional rows: position 0 attends to itself alone
     attention: torch.Tensor | None = None  # bool [L, L], a custom mask replacing the rule above
     query_attention: torch.Tensor | None = None  # bool [L, L], two-stream models' query stream
+    prompt_end: int = 0  # bidirectional rows: positions before it never attend to positions from it on
 
     def __len__(self) -> int:
         return self.input_ids.numel()
@@ -125,6 +129,8 @@ class Objective:
         shift             the logits at i-1 predict the masked token i (masked objectives' option)
         keep_sink         position 0 attends to itself alone under bidirectional attention
         attend_to_masked  masked positions are attention keys (False: hidden, as in the paper)
+        prompt_sees_answer  prompt positions attend to the answer (False: block-causal, the prompt
+                          attends only inside itself; masked decoding may then cache the prompt)
         bidirectional     some of its rows use bidirectional attention
         two_stream        its rows need a model with a separate query stream (PLM)
         architectures     the model kinds (`MODEL_KINDS`) it can train
@@ -142,6 +148,7 @@ class Objective:
     shift: bool = False
     keep_sink: bool = False
     attend_to_masked: bool = False
+    prompt_sees_answer: bool = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -155,11 +162,12 @@ class Objective:
     def decoding_options(self) -> dict[str, bool]:
         """The training rules that masked decoding must repeat (keyword arguments of
         `mft.decoding.generate`)."""
-        return {"shift": self.shift, "keep_sink": self.keep_sink, "attend_to_masked": self.attend_to_masked}
+        return {"shift": self.shift, "keep_sink": self.keep_sink, "attend_to_masked": self.attend_to_masked,
+                "prompt_sees_answer": self.prompt_sees_answer}
 
     @property
     def reads_prompt(self) -> bool:
-        return not getattr(self, "predict_prompt", True)
+        return not getattr(self, "predict_prompt", True) or not self.prompt_sees_answer
 
     def setup(self, special: SpecialTokens, tokenizer=None) -> None:
         """Called once by the collator. `tokenizer` (when there is one) lets an objective build its

@@ -28,6 +28,12 @@ invisible to the model, and left-to-right decoding, which appends one mask slot 
 the context, sees exactly what training showed it. With `attend_to_masked=True` masked slots are
 ordinary keys (BERT style).
 
+`prompt_sees_answer=False` (prompt/completion examples): block-causal attention. The prompt's
+positions attend only to the prompt (bidirectionally), the answer's to everything, so the prompt's
+hidden states never depend on the answer; masked decoding can then compute the prompt's keys and
+values once and reuse them while it writes the answer (`mft.decoding.generate_masked_cached`),
+exactly. Plain text (no prompt) is unaffected.
+
 m is drawn by unbiased stochastic rounding: m = floor(rD) + Bernoulli(rD - floor(rD)), so that
 E[m] = rD exactly, then clipped to [min_masked, D].
 """
@@ -59,6 +65,7 @@ class _MaskedObjective(Objective):
     min_masked: int = 1
     predict_prompt: bool = True
     attend_to_masked: bool = False
+    prompt_sees_answer: bool = True
     shift: bool = False
     keep_sink: bool = False
 
@@ -120,6 +127,7 @@ class _MaskedObjective(Objective):
             causal=False,
             hidden=None if self.attend_to_masked else masked,
             sink=self.keep_sink,
+            prompt_end=0 if self.prompt_sees_answer else prompt_length,
         )
 
     def token_weight(self, num_masked: int, num_maskable: int) -> float:

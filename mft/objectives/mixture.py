@@ -129,6 +129,10 @@ class Mixture(Objective):
         return any(component.attend_to_masked for component in self.components if component.bidirectional)
 
     @property
+    def prompt_sees_answer(self) -> bool:
+        return all(component.prompt_sees_answer for component in self.components)
+
+    @property
     def architectures(self) -> frozenset[str]:
         return frozenset.intersection(*(component.architectures for component in self.components))
 
