@@ -1,6 +1,6 @@
 """Masked decoding variants: answers per second and exact match, against today's left-to-right decoder.
 
-    python benchmarks/decoding.py RUN [RUN ...] [--qa FILE] [--rounds 3] [--batch-size 48] [--limit N]
+    python benchmarks/decoding.py RUN [RUN ...] [--qa FILE] [--rounds 3] [--batch-size 48] [--limit N] [--variants A,B]
                                   [--out benchmarks/results/decoding.json]
 
 RUN is a trained model with a masked decoding spec (a run folder, `mft.load` reads it). Its questions
@@ -15,6 +15,11 @@ token for token to the reference's.
     slots only              the same decoder, the LM head only at the slot (exact)
     prompt cache            the prompt's keys and values once, the LM head only at the slot (exact
                             for a model trained with prompt_sees_answer: false; else approximate)
+    prompt and answer cache the answer's keys and values kept too: two positions per step (approximate)
+    left to right, threshold t
+                            up to 8 slots per step: the first one's token (exact) and the following
+                            ones' while each is at least t probable; not exact
+    prompt cache, threshold t   both
     any order               most confident slot first, one per step (the LM head at the open slots)
     any order, threshold t  every open slot at least t probable per step (Fast-dLLM); not exact
 """
@@ -36,6 +41,11 @@ VARIANTS = {
     "reference": dict(decoding="masked", slots_only=False),
     "slots only": dict(decoding="masked"),
     "prompt cache": dict(decoding="masked", prompt_cache=True),
+    "prompt and answer cache": dict(decoding="masked", prompt_cache=True, answer_cache=True),
+    "left to right, threshold 0.9": dict(decoding="masked", threshold=0.9),
+    "prompt cache, threshold 0.9": dict(decoding="masked", prompt_cache=True, threshold=0.9),
+    "prompt cache, threshold 0.7": dict(decoding="masked", prompt_cache=True, threshold=0.7),
+    "prompt cache, threshold 0.5": dict(decoding="masked", prompt_cache=True, threshold=0.5),
     "any order": dict(decoding="masked_any_order"),
     "any order, threshold 0.9": dict(decoding="masked_any_order", threshold=0.9),
     "any order, threshold 0.7": dict(decoding="masked_any_order", threshold=0.7),
@@ -57,7 +67,8 @@ def run_questions(run: Path, qa_file: str | None) -> list[dict]:
     return parse_recipe(recipe).build_task().build().qa
 
 
-def measure(run: Path, qa_file: str | None, rounds: int, batch_size: int, limit: int | None = None) -> list[dict]:
+def measure(run: Path, qa_file: str | None, rounds: int, batch_size: int, limit: int | None = None,
+            variants: list[str] | None = None) -> list[dict]:
     import torch
 
     import mft
@@ -70,9 +81,9 @@ def measure(run: Path, qa_file: str | None, rounds: int, batch_size: int, limit:
         qa = [qa[round(i * len(qa) / limit)] for i in range(limit)]
     if trained.tokenizer.mask_token_id is None:
         raise SystemExit(f"{run}: no mask token; masked decoding does not apply")
-    seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    names = ["reference"] + [name for name in (variants or VARIANTS) if name != "reference"]
+    seconds: dict[str, list[float]] = {name: [] for name in names}
     answers: dict[str, list[str]] = {}
-    names = list(VARIANTS)
     for round_index in range(rounds + 1):  # round 0 warms up
         order = names[round_index % len(names):] + names[:round_index % len(names)]
         for name in order:
@@ -113,9 +124,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--limit", type=int, default=None, help="at most this many questions (evenly spaced)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated variant names (default: all; the reference always runs)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decoding.json"))
     args = parser.parse_args()
-    rows = [row for run in args.runs for row in measure(run, args.qa, args.rounds, args.batch_size, args.limit)]
+    variants = args.variants.split(",") if args.variants else None
+    unknown = [name for name in variants or [] if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}; the variants are: {', '.join(VARIANTS)}")
+    rows = [row for run in args.runs for row in measure(run, args.qa, args.rounds, args.batch_size, args.limit, variants)]
     print("| run | variant | answers/s | speed-up | forward EM | backward EM | same as reference | n |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:

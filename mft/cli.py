@@ -33,6 +33,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-cache", action="store_true",
                         help="masked: the prompt's keys and values computed once (exact for a model trained with "
                           "prompt_sees_answer: false, else an approximation)")
+    parser.add_argument("--answer-cache", action="store_true",
+                        help="masked, with --prompt-cache: the answer's keys and values kept too (two positions per "
+                             "step; an approximation)")
     parser.add_argument("--full-logits", action="store_true",
                         help="masked: the LM head at every position, as before (the default reads only the slots)")
 
@@ -164,7 +167,7 @@ def generate_command(args) -> int:
     trained = load(args.model)
     answers = trained.generate(prompts, format=args.format, decoding=args.decoding, max_new_tokens=args.max_new_tokens,
                                batch_size=args.batch_size, slots_only=not args.full_logits, threshold=args.threshold,
-                               prompt_cache=args.prompt_cache)
+                               prompt_cache=args.prompt_cache, answer_cache=args.answer_cache)
     for prompt, answer in zip(prompts, answers):
         print(json.dumps({"prompt": prompt, "answer": answer}) if args.jsonl else answer.replace("\n", " "))
     return 0

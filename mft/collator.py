@@ -16,6 +16,9 @@ Output batch (`Batch`):
                    kernels' causal fast paths (is_causal, flash-attention) stay on;
                    [B, 1, L, L] bool otherwise (see `mft.models.attention`), or the rows' own
                    custom masks where they bring one
+    attention_rule {valid, segment, causal, hidden, sink, prompt}: [B, L] each, instead of a 4D
+                   attention_mask when the collator is made with `attention="rule"` (flex_attention:
+                   the trainer turns the rule into a block mask, see `mft.models.attention.TokenRule`)
     query_attention_mask [B, 1, L, L] bool, when rows bring a query-stream mask (PLM); rows without
                    one get their attention mask without its diagonal (the two-stream model's rule)
     source_ids     [B, L]  mixtures only: the index of the component that made each token, -1 on padding
@@ -34,7 +37,7 @@ from typing import Any, TypedDict
 
 import torch
 
-from .models.attention import attention_mask_4d, packed_attention_mask
+from .models.attention import packed_rule, rows_rule
 from .objectives import IGNORE, Objective, Row, SpecialTokens, example_generator
 from .objectives.autoregressive import next_token_row
 from .errors import RecipeError
@@ -55,7 +58,7 @@ class Batch(TypedDict, total=False):
 class MFTCollator:
     def __init__(self, objective: Objective, tokenizer=None, *, special: SpecialTokens | None = None,
                  pad_token_id: int | None = None, seed: int = 0, pad_to_multiple_of: int | None = None,
-                 pack_length: int = 0):
+                 pack_length: int = 0, attention: str = "dense"):
         if special is None:
             if tokenizer is None:
                 raise RecipeError("MFTCollator needs a tokenizer or SpecialTokens")
@@ -70,6 +73,10 @@ class MFTCollator:
         self.seed = seed
         self.pad_to_multiple_of = pad_to_multiple_of
         self.pack_length = pack_length
+        if attention not in ("dense", "rule"):
+            raise RecipeError(f"MFTCollator attention = {attention!r}; use 'dense' (a [B, 1, L, L] mask, eager and sdpa) "
+                              f"or 'rule' (per-token rule tensors for flex_attention)")
+        self.attention = attention
         self._fallback_generator = torch.Generator().manual_seed(seed)
 
     def generator(self, example: dict[str, Any]) -> torch.Generator:
@@ -122,16 +129,24 @@ class MFTCollator:
                 hidden[b, :n] = row.hidden
         causal = torch.tensor([row.causal for row in rows])
         custom = any(row.attention is not None for row in rows)
+        if custom and self.attention == "rule":
+            raise RecipeError("rows with their own attention masks (plm) have no per-token rule for flex_attention; "
+                              "use model.attn_implementation: sdpa")
+        rule = None
         if causal.all() and not custom:
             attention_mask = key_valid.long()
         else:
-            attention_mask = attention_mask_4d(key_valid, causal, hidden, torch.tensor([row.sink for row in rows]),
-                                               prompt)
+            rule = rows_rule(key_valid, causal, hidden, torch.tensor([row.sink for row in rows]), prompt)
+            attention_mask = None if self.attention == "rule" else rule.dense()
         for b, row in enumerate(rows):
             if row.attention is not None:
                 n = len(row)
                 attention_mask[b, 0, :n, :n] = row.attention
-        batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "attention_mask": attention_mask}
+        batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights}
+        if attention_mask is None:
+            batch["attention_rule"] = rule.tensors()
+        else:
+            batch["attention_mask"] = attention_mask
         names = getattr(self.objective, "component_names", None)
         if names:  # a mixture: which component made each token, for per-objective loss logs
             made_by = torch.tensor([names.index(row.source) if row.source in names else -1 for row in rows])
@@ -192,8 +207,12 @@ class MFTCollator:
                 if names:
                     sources[b, span] = names.index(row.source) if row.source in names else -1
                 start += len(row)
-        batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "position_ids": position_ids,
-                 "attention_mask": packed_attention_mask(segments, causal, hidden, sink_start, prompt)}
+        rule = packed_rule(segments, causal, hidden, sink_start, prompt)
+        batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "position_ids": position_ids}
+        if self.attention == "rule":
+            batch["attention_rule"] = rule.tensors()
+        else:
+            batch["attention_mask"] = rule.dense()
         if names:
             batch["source_ids"] = sources
         return batch

@@ -70,7 +70,9 @@ class ModelConfig:
     max_position_embeddings: int = 512
     rope_theta: float = 10000.0
     attention_dropout: float = 0.0
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    # flex_attention: every mask as a block mask built from its per-token rule, never [B, 1, L, L]
+    # (GPU training; PyTorch has no flex_attention backward on CPU).
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] = "sdpa"
     cross_attention: Literal["corresponding", "last"] = "corresponding"  # encoder_decoder: what the decoder reads
     # encoder_decoder only: a learned key/value in every attention layer that any query may attend
     # to. It does for the encoder-decoder what a BOS does (a place to park attention) without telling
@@ -430,6 +432,15 @@ def validate_recipe(recipe: Recipe) -> None:
     if model.attn_implementation == "flash_attention_2" and objective.bidirectional:
         raise RecipeError(f"model.attn_implementation = flash_attention_2 cannot run objective "
                           f"{recipe.objective_name!r}, whose attention is bidirectional; use sdpa or eager")
+    if model.attn_implementation == "flex_attention":
+        import torch
+
+        if training.use_cpu or not torch.cuda.is_available():
+            raise RecipeError("model.attn_implementation = flex_attention trains only on a GPU (PyTorch has no "
+                              "flex_attention backward on CPU); use sdpa on CPU, which builds the same masks densely")
+        if kind == "encoder_decoder" or objective.two_stream:
+            raise RecipeError(f"model.attn_implementation = flex_attention: objective {recipe.objective_name!r} on "
+                              f"{kind} uses masks of its own (two-stream / encoder-decoder); use sdpa")
     if model.attn_implementation == "flash_attention_2" and training.pack_length:
         raise RecipeError("training.pack_length needs a 4D attention mask, which flash_attention_2 ignores; use sdpa "
                           "or eager, or pack_length: 0")

@@ -284,7 +284,8 @@ def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 @torch.no_grad()
 def generate_masked_cached(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
                            shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False,
-                           slots_only: bool = True, threshold: float | None = None) -> list[list[int]]:
+                           slots_only: bool = True, threshold: float | None = None,
+                           answer_cache: bool = False) -> list[list[int]]:
     """Left-to-right masked decoding with the prompt's keys and values computed once.
 
     The prompts are left-padded to a common end P (position ids restart at each prompt's first
@@ -295,8 +296,15 @@ def generate_masked_cached(model, tokenizer, prompts: list[list[int]], max_new_t
     decoder of a model trained with `prompt_sees_answer: false`; for a model trained with the prompt
     seeing the answer it is an approximation (its cost is measured in BENCHMARKS.md, decoding). The
     last prompt token is re-run each step because with `shift` it predicts the first answer token.
-    Rows advance at their own pace (with `threshold`); a row whose answer is finished is padding
-    from then on. Needs a model that takes `past_key_values` (Hugging Face causal LMs)."""
+    Rows advance at their own pace (with `threshold`); a row whose answer is finished leaves the
+    batch and the cache.
+
+    `answer_cache` (approximate for every masked model; not with `threshold`): each answer token's
+    keys and values are kept too, as computed in the step after it was written, when it saw the
+    prompt and the answer before it. Each step then runs [the token written last, one mask slot],
+    whatever the answer's length; the answer's earlier tokens no longer see the
+    later ones, which training showed them. With `shift` and hidden slots the slot itself is left
+    out (it is read from the token before it and seen by no one): one position per step. Needs a model that takes `past_key_values` (Hugging Face causal LMs)."""
     from transformers import DynamicCache
 
     from .loss import cache_argument
@@ -317,7 +325,8 @@ def generate_masked_cached(model, tokenizer, prompts: list[list[int]], max_new_t
     columns = torch.arange(width + max_new_tokens)
     positions = (columns[None] - start[:, None]).clamp_min(0)
 
-    def allowed_between(queries: torch.Tensor, key_valid: torch.Tensor, hidden_keys: torch.Tensor) -> torch.Tensor:
+    def allowed_between(queries: torch.Tensor, key_valid: torch.Tensor, hidden_keys: torch.Tensor,
+                        start: torch.Tensor) -> torch.Tensor:
         """[B, 1, q, keys]: the query columns `queries` attend to the valid, not hidden keys
         (columns 0 .. keys - 1), prompt queries to prompt keys only, the sink to itself alone."""
         keys = key_valid.shape[1]
@@ -334,41 +343,87 @@ def generate_masked_cached(model, tokenizer, prompts: list[list[int]], max_new_t
     cache, cache_key = DynamicCache(), cache_argument(model)
     # the whole prompt once (each prompt token sees all of its prompt), then its last token dropped
     prompt_valid = columns[None, :width] >= start[:, None]
-    mask = allowed_between(columns[:width], prompt_valid, torch.zeros(batch, width, dtype=torch.bool))
+    mask = allowed_between(columns[:width], prompt_valid, torch.zeros(batch, width, dtype=torch.bool), start)
+    # only the keys and values are wanted: the LM head at one position, not at the whole prompt's
     model(**_masked_model_inputs(model, prompt_ids, mask, position_ids=positions[:, :width], use_cache=True,
-                                 **{cache_key: cache}))
+                                 logits_to_keep=1, **{cache_key: cache}))
     cache.crop(-1)
     cached = width - 1
 
     answers: list[list[int]] = [[] for _ in prompts]
-    finished = [False] * batch
-    while not all(finished):
-        counts = [0 if finished[b] else min(slots_per_step, max_new_tokens - len(answers[b])) for b in range(batch)]
-        span = max(len(answers[b]) + counts[b] for b in range(batch))
+    live = list(range(batch))  # the rows still being written; finished rows leave the batch and the cache
+    if answer_cache:
+        if threshold is not None:
+            raise RecipeError("answer_cache writes one token per step; use it without threshold")
+        # With `shift` and the slot hidden, the slot is read from the token before it and is no
+        # one's key: it changes nothing, so it is left out and each step runs one position.
+        with_slot = not shift or attend_to_masked
+        step = 0
+        while live:
+            # columns width - 1 + step (the token written last; at step 0 the last prompt token) and
+            # width + step (the slot); the cache holds the columns before them
+            last = torch.tensor([[answers[b][-1] if step else int(prompt_ids[j, -1])] for j, b in enumerate(live)])
+            step_ids = torch.cat([last, torch.full((len(live), 1), mask_id)], dim=1) if with_slot else last
+            end = width + step + int(with_slot)  # one past the last key column
+            key_valid = columns[None, :end] >= start[:, None]
+            hidden_keys = torch.zeros(len(live), end, dtype=torch.bool)
+            if with_slot:
+                hidden_keys[:, width + step] = not attend_to_masked
+            mask = allowed_between(columns[width - 1 + step:end], key_valid, hidden_keys, start)
+            read = torch.zeros(step_ids.shape, dtype=torch.bool)
+            read[:, 0 if shift else 1] = True
+            inputs = _masked_model_inputs(model, step_ids, mask, position_ids=positions[:, width - 1 + step:end],
+                                          use_cache=True, **{cache_key: cache})
+            slot_logits = logits_at(model, read, slots_only, **inputs)
+            if with_slot:
+                cache.crop(-1)  # the slot goes; the token written last stays, keys and values as just computed
+            keep = []
+            for j, (b, (tokens, _)) in enumerate(zip(live, _read_slots(slot_logits, banned, [1] * len(live)))):
+                if tokens[0] == eos_id:
+                    continue
+                answers[b].append(tokens[0])
+                if len(answers[b]) < max_new_tokens:
+                    keep.append(j)
+            if len(keep) < len(live):
+                if keep:
+                    cache.batch_select_indices(torch.tensor(keep, device=prompt_ids.device))
+                prompt_ids, start, positions = prompt_ids[keep], start[keep], positions[keep]
+                live = [live[j] for j in keep]
+            step += 1
+        return answers
+    while live:
+        counts = [min(slots_per_step, max_new_tokens - len(answers[b])) for b in live]
+        span = max(len(answers[b]) + count for b, count in zip(live, counts))
         # columns width .. width + span - 1: each row's answer so far, its slots, then padding
-        content = torch.full((batch, span), pad_id, dtype=torch.long)
-        ends = torch.zeros(batch, dtype=torch.long)
-        hidden_keys = torch.zeros(batch, width + span, dtype=torch.bool)
-        read = torch.zeros(batch, 1 + span, dtype=torch.bool)  # over [last prompt token, content]
-        for b in range(batch):
-            n, count = len(answers[b]), counts[b]
-            content[b, :n] = torch.tensor(answers[b], dtype=torch.long)
-            content[b, n:n + count] = mask_id
-            ends[b] = width + n + count
-            hidden_keys[b, width + n:width + n + count] = not attend_to_masked
-            read[b, 1 + n - int(shift):1 + n + count - int(shift)] = True
+        content = torch.full((len(live), span), pad_id, dtype=torch.long)
+        ends = torch.zeros(len(live), dtype=torch.long)
+        hidden_keys = torch.zeros(len(live), width + span, dtype=torch.bool)
+        read = torch.zeros(len(live), 1 + span, dtype=torch.bool)  # over [last prompt token, content]
+        for j, (b, count) in enumerate(zip(live, counts)):
+            n = len(answers[b])
+            content[j, :n] = torch.tensor(answers[b], dtype=torch.long)
+            content[j, n:n + count] = mask_id
+            ends[j] = width + n + count
+            hidden_keys[j, width + n:width + n + count] = not attend_to_masked
+            read[j, 1 + n - int(shift):1 + n + count - int(shift)] = True
         step_ids = torch.cat([prompt_ids[:, cached:], content], dim=1)
         key_valid = (columns[None, :width + span] >= start[:, None]) & (columns[None, :width + span] < ends[:, None])
-        mask = allowed_between(columns[cached:width + span], key_valid, hidden_keys)
+        mask = allowed_between(columns[cached:width + span], key_valid, hidden_keys, start)
         inputs = _masked_model_inputs(model, step_ids, mask, position_ids=positions[:, cached:width + span],
                                       use_cache=True, **{cache_key: cache})
         slot_logits = logits_at(model, read, slots_only, **inputs)
         cache.crop(-step_ids.shape[1])  # back to the prompt: the answer is re-run with the next slots
-        rows = [b for b in range(batch) if counts[b]]
-        for b, (tokens, confidences) in zip(rows, _read_slots(slot_logits, banned, [counts[b] for b in rows])):
+        keep = []
+        for j, (b, (tokens, confidences)) in enumerate(zip(live, _read_slots(slot_logits, banned, counts))):
             written, ended = _accepted_run(tokens, confidences, threshold, eos_id)
             answers[b].extend(written)
-            finished[b] = ended or len(answers[b]) >= max_new_tokens
+            if not ended and len(answers[b]) < max_new_tokens:
+                keep.append(j)
+        if len(keep) < len(live):
+            if keep:
+                cache.batch_select_indices(torch.tensor(keep, device=prompt_ids.device))
+            prompt_ids, start, positions = prompt_ids[keep], start[keep], positions[keep]
+            live = [live[j] for j in keep]
     return answers
 
 
@@ -439,14 +494,15 @@ def generate_masked_any_order(model, tokenizer, prompts: list[list[int]], max_ne
 def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_tokens: int, batch_size: int = 64,
              shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False,
              prompt_sees_answer: bool = True, slots_only: bool = True, threshold: float | None = None,
-             prompt_cache: bool = False) -> list[list[int]]:
+             prompt_cache: bool = False, answer_cache: bool = False) -> list[list[int]]:
     """Greedy answers (token ids, without the prompt, cut at EOS) to `prompts`, `batch_size` at a
     time, by the `decoding` method (one of `DECODINGS`). `shift`, `keep_sink`, `attend_to_masked`
     and `prompt_sees_answer` are the rules the model was trained with (`DecodingSpec.rules()`);
     causal decoding needs none of them. The speed options of masked decoding: `slots_only` (the LM
     head only at the slots; exact), `threshold` (several slots per step: left to right, the run of
     confident slots after the first; any order, every confident slot), `prompt_cache`
-    (left to right: the prompt's keys and values once; exact without `prompt_sees_answer`)."""
+    (left to right: the prompt's keys and values once; exact without `prompt_sees_answer`),
+    `answer_cache` (with the prompt cache: the answer's keys and values kept too; approximate)."""
     if decoding not in DECODINGS:
         raise RecipeError(f"decoding = {decoding!r} is not a decoding method; use one of {', '.join(DECODINGS)}")
     if max_new_tokens < 1:
@@ -455,6 +511,8 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_
         raise RecipeError(f"threshold = {threshold}; use a probability in (0, 1]")
     if threshold is not None and decoding not in ("masked", "masked_any_order"):
         raise RecipeError(f"threshold = {threshold} applies to masked decoding, not {decoding}")
+    if answer_cache and not prompt_cache:
+        raise RecipeError("answer_cache extends the prompt cache; set prompt_cache too")
     if prompt_cache and decoding != "masked":
         raise RecipeError(f"prompt_cache applies to masked (left-to-right) decoding, not {decoding}")
     rules = {"shift": shift, "keep_sink": keep_sink, "attend_to_masked": attend_to_masked}
@@ -463,7 +521,8 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_
         batch = prompts[start:start + batch_size]
         if decoding == "masked" and prompt_cache:
             answers.extend(generate_masked_cached(model, tokenizer, batch, max_new_tokens, **rules,
-                                                  slots_only=slots_only, threshold=threshold))
+                                                  slots_only=slots_only, threshold=threshold,
+                                                  answer_cache=answer_cache))
         elif decoding == "masked":
             answers.extend(generate_masked(model, tokenizer, batch, max_new_tokens, **rules,
                                            prompt_sees_answer=prompt_sees_answer, slots_only=slots_only,

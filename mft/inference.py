@@ -44,12 +44,13 @@ class TrainedModel:
 
     def generate(self, prompts: str | list[str], *, format: str | None = None, decoding: str | None = None,
                  max_new_tokens: int | None = None, batch_size: int = 32, slots_only: bool = True,
-                 threshold: float | None = None, prompt_cache: bool = False) -> list[str]:
+                 threshold: float | None = None, prompt_cache: bool = False, answer_cache: bool = False) -> list[str]:
         """Greedy answers to `prompts` (a string or a list), in order. `format`: "chat" (a user turn
         of the chat template, when the model was trained with one; the spec's default) or
         "completion" (a raw text prefix, continued). `decoding` and `max_new_tokens` default to
         the spec's. Prompts of different lengths are decoded together, `batch_size` at a time.
-        `slots_only`, `threshold`, `prompt_cache`: masked decoding's speed options (`mft.decoding.generate`)."""
+        `slots_only`, `threshold`, `prompt_cache`, `answer_cache`: masked decoding's speed options
+        (`mft.decoding.generate`)."""
         from .data.tokenize import encode_prompt
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -62,7 +63,8 @@ class TrainedModel:
         try:
             ids = [encode_prompt(self.tokenizer, prompt, chat=format == "chat") for prompt in prompts]
             answers = generate(self.model, self.tokenizer, ids, decoding, max_new_tokens, batch_size, **self.spec.rules(),
-                               slots_only=slots_only, threshold=threshold, prompt_cache=prompt_cache)
+                               slots_only=slots_only, threshold=threshold, prompt_cache=prompt_cache,
+                               answer_cache=answer_cache)
         finally:
             self.model.train(was_training)
         return [self.tokenizer.decode(answer, skip_special_tokens=True) for answer in answers]

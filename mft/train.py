@@ -369,7 +369,8 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
         deepspeed.init_distributed(dist_backend="gloo" if args.use_cpu else None)
     stage("loading the model")
     model = load_model(recipe, tokenizer, objective)
-    collator = MFTCollator(objective, tokenizer, seed=args.seed, pack_length=args.pack_length)
+    collator = MFTCollator(objective, tokenizer, seed=args.seed, pack_length=args.pack_length,
+                           attention="rule" if recipe.model.attn_implementation == "flex_attention" else "dense")
     trainable, total = count_parameters(model)
     print(f"mft: {recipe.objective_name} on {data_name(recipe)}: "
           f"{len(train_dataset)} training examples, {len(data.qa)} QA items; "

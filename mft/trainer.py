@@ -43,7 +43,8 @@ from .training_args import mft_option
 from .errors import RecipeError
 from .eval import QAEvaluationMixin, QASet
 from .loss import MFTLoss, cache_argument, prompt_without_gradient, weighted_token_loss
-from .models.attention import anneal_to_bidirectional, attention_implementation, masked_gqa_without_copies, to_model_mask
+from .models.attention import (TokenRule, anneal_to_bidirectional, attention_implementation, masked_gqa_without_copies,
+                               to_model_mask)
 
 __all__ = ["MFTLossMixin", "MFTMixin", "MFTTrainer", "QASet", "weighted_token_loss"]
 
@@ -125,16 +126,26 @@ class MFTLossMixin:
 
     def _attention_inputs(self, inputs: dict, annealing: bool) -> dict:
         """The batch's bool masks as the model's attention implementation takes them, after the
-        annealing from causal attention when it is on (`attention_anneal_steps`)."""
+        annealing from causal attention when it is on (`attention_anneal_steps`). A batch made for
+        flex_attention carries its per-token rule (`attention_rule`), which becomes a block mask."""
         anneal_steps = mft_option(self.args, "attention_anneal_steps")
-        if annealing and anneal_steps and self.state.global_step < anneal_steps:
-            generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.global_step)
-            inputs["attention_mask"] = anneal_to_bidirectional(
-                inputs["attention_mask"], self.state.global_step / anneal_steps, generator)
+        annealing = bool(annealing and anneal_steps and self.state.global_step < anneal_steps)
+        progress = self.state.global_step / anneal_steps if annealing else 1.0
+        rule = inputs.pop("attention_rule", None)
+        if rule is not None:
+            inputs["attention_mask"] = TokenRule(
+                **rule, anneal=(progress, self._anneal_seed()) if annealing else None).block_mask()
+            return inputs
+        if annealing:
+            inputs["attention_mask"] = anneal_to_bidirectional(inputs["attention_mask"], progress, self._anneal_seed())
         for name in ("attention_mask", "query_attention_mask"):  # the query stream: two-stream models (PLM)
             if name in inputs:
                 inputs[name] = to_model_mask(inputs[name], self._attn_implementation, self.model.dtype)
         return inputs
+
+    def _anneal_seed(self) -> int:
+        """The annealing draw of this optimizer step (the same on every process and micro-batch)."""
+        return self.args.seed * 1_000_003 + self.state.global_step
 
     def _record_component_losses(self, per_position, weights, sources) -> None:
         """Add each mixture component's weighted loss and weight to the sums kept until the next log

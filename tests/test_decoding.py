@@ -523,6 +523,28 @@ def test_left_to_right_threshold_decoding_keeps_order_and_writes_confident_runs(
         assert generate_masked_cached(model, tokenizer, prompts, 9, **rules, threshold=threshold) == blocked
 
 
+@pytest.mark.parametrize("rules", RULES[:2])
+def test_the_answer_cache_runs_two_positions_per_step_and_batches_as_alone(tokenizer, rules):
+    from mft.decoding import generate_masked_cached
+
+    model = make_model(tokenizer, "sdpa", seed=5)
+    prompts = prompts_of(tokenizer)
+    widths = []
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+                                             with_kwargs=True)
+    try:
+        cached = generate_masked_cached(model, tokenizer, prompts, 6, **rules, answer_cache=True)
+    finally:
+        handle.remove()
+    per_step = 1 if rules["shift"] else 2  # with shift the hidden slot is left out
+    assert widths[0] == max(len(p) for p in prompts) and set(widths[1:]) == {per_step}  # the prefill, then the steps
+    assert len(widths) - 1 == max(len(a) for a in cached) + (max(len(a) for a in cached) < 6)
+    assert [generate_masked_cached(model, tokenizer, [p], 6, **rules, answer_cache=True)[0] for p in prompts] == cached
+    # the first token is the prompt cache's (the same positions and keys at step 0)
+    prompt_only = generate_masked_cached(model, tokenizer, prompts, 6, **rules)
+    assert [a[:1] for a in cached] == [a[:1] for a in prompt_only]
+
+
 @torch.no_grad()
 def first_step_argmax(model, tokenizer, prompt: list[int], slots: int) -> list[int]:
     eos, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
