@@ -4,6 +4,8 @@
 
 Parts, each timed and reported even when another fails:
 
+    loss      the fused linear cross-entropy kernels (cut-cross-entropy, liger-kernel; where installed)
+              against the chunked path: loss and gradients.
     masks     every mask mft builds (causal, bidirectional with hidden keys, keep_sink, packing,
               annealing, masked_reconstruct, prompt_sees_answer: false) on tiny Llama, Mistral and
               Qwen2 models: flex_attention (the per-token rule as a block mask) against sdpa with
@@ -26,6 +28,7 @@ datasets / trl / deepspeed / liger; everything here imports without them.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -97,7 +100,9 @@ def compare_masks(device: str, backward: bool) -> list[dict]:
 
         models = {}
         for implementation in ("sdpa", "flex_attention"):
-            models[implementation] = AutoModelForCausalLM.from_config(config, attn_implementation=implementation)
+            # a config of its own: the attention implementation is set on the config it is given
+            models[implementation] = AutoModelForCausalLM.from_config(copy.deepcopy(config),
+                                                                      attn_implementation=implementation)
             models[implementation].load_state_dict(models["sdpa"].state_dict())
             models[implementation].to(device).train(backward)
         for case, (name, objective_options, pack_length, anneal) in MASK_CASES.items():
@@ -128,6 +133,7 @@ def compare_masks(device: str, backward: bool) -> list[dict]:
                 outputs[implementation] = (logits[predicted].detach(), gradient)
             logit_diff = (outputs["sdpa"][0] - outputs["flex_attention"][0]).abs().max().item()
             gradient_diff = ((outputs["sdpa"][1] - outputs["flex_attention"][1]).abs().max().item() if backward else None)
+            assert models["sdpa"].config._attn_implementation == "sdpa"
             results.append({"part": "masks", "family": family, "case": case, "logit_max_diff": logit_diff,
                             "gradient_max_diff": gradient_diff, "predicted": int(predicted.sum())})
     return results
@@ -255,6 +261,42 @@ def measure_steps(device: str, cpu: bool, budget_s: float) -> list[dict]:
     return results
 
 
+def compare_loss_kernels(device: str) -> list[dict]:
+    """The fused linear cross-entropy kernels against the chunked path: per-token weighted losses and
+    the gradients of the hidden states and the head (bf16 hidden states, a 32000-word head)."""
+    import importlib.util
+
+    import torch
+
+    from mft.loss import LOSS_KERNELS, selected_position_losses
+
+    results = []
+    for kernel, (module, package) in LOSS_KERNELS.items():
+        row = {"part": "loss", "kernel": kernel}
+        if device != "cuda" or importlib.util.find_spec(module) is None:
+            row["skipped"] = f"{package} is not installed here" if device == "cuda" else "GPU only"
+            results.append(row)
+            continue
+        torch.manual_seed(0)
+        head = torch.nn.Linear(4096, 32000, bias=False, device=device, dtype=torch.bfloat16)
+        labels = torch.randint(0, 32000, (4, 512), device=device)
+        labels[torch.rand(4, 512, device=device) < 0.5] = -100
+        weights = torch.rand(4, 512, device=device) * (labels != -100)
+        hidden = torch.randn(int((labels != -100).sum()), 4096, device=device, dtype=torch.bfloat16, requires_grad=True)
+        try:
+            losses = {}
+            for name in (kernel, "chunked"):
+                loss = selected_position_losses(head, hidden, labels, weights, chunk_size=1024, kernel=name).sum()
+                losses[name] = (loss.detach().float(), torch.autograd.grad(loss, [hidden, head.weight]))
+            row.update(loss_relative_diff=float((losses[kernel][0] - losses["chunked"][0]).abs() / losses["chunked"][0].abs()),
+                       gradient_max_diff=max(float((a.float() - b.float()).abs().max())
+                                             for a, b in zip(losses[kernel][1], losses["chunked"][1])))
+        except Exception as error:
+            row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        results.append(row)
+    return results
+
+
 def run_recipes(cpu: bool, out: Path) -> list[dict]:
     import importlib.util
 
@@ -303,6 +345,10 @@ def print_table(results: list[dict]) -> None:
                 result = (f"{row['tokens_per_s']:.0f} tokens/s, step {row['step_s']:.2f} s"
                           + (f", peak {row['peak_gib']:.1f} GiB" if row.get("peak_gib") is not None else "")
                           + (f", MFU {row['mfu']:.1%}" if row.get("mfu") is not None else ""))
+        elif part == "loss":
+            what = row["kernel"]
+            result = (row.get("skipped") or row.get("error")
+                      or f"loss relative diff {row['loss_relative_diff']:.1e}, gradients max diff {row['gradient_max_diff']:.1e}")
         elif part == "recipes":
             what = row["config"]
             result = row.get("skipped") or f"exit {row['returncode']} in {row['seconds']:.0f} s: {row['last_line']}"
@@ -316,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="a dry run on CPU with tiny shapes")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting new step variants after this")
-    parser.add_argument("--parts", default="masks,steps,recipes")
+    parser.add_argument("--parts", default="masks,loss,steps,recipes")
     args = parser.parse_args(argv)
     import torch
 
@@ -329,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     started = time.perf_counter()
     parts = {"masks": lambda: compare_masks(device, backward=not args.cpu),
+             "loss": lambda: compare_loss_kernels(device),
              "steps": lambda: measure_steps(device, args.cpu, args.budget_s),
              "recipes": lambda: run_recipes(args.cpu, out)}
     for name in args.parts.split(","):

@@ -19,6 +19,9 @@ Output batch (`Batch`):
     attention_rule {valid, segment, causal, hidden, sink, prompt}: [B, L] each, instead of a 4D
                    attention_mask when the collator is made with `attention="rule"` (flex_attention:
                    the trainer turns the rule into a block mask, see `mft.models.attention.TokenRule`)
+    is_causal      False, with `attention="flash"` (flash_attention_2) when the rows are bidirectional:
+                   the model's attention modules take it instead of a mask (packed: no mask at all,
+                   position_ids tell the documents apart)
     query_attention_mask [B, 1, L, L] bool, when rows bring a query-stream mask (PLM); rows without
                    one get their attention mask without its diagonal (the two-stream model's rule)
     source_ids     [B, L]  mixtures only: the index of the component that made each token, -1 on padding
@@ -73,9 +76,9 @@ class MFTCollator:
         self.seed = seed
         self.pad_to_multiple_of = pad_to_multiple_of
         self.pack_length = pack_length
-        if attention not in ("dense", "rule"):
-            raise RecipeError(f"MFTCollator attention = {attention!r}; use 'dense' (a [B, 1, L, L] mask, eager and sdpa) "
-                              f"or 'rule' (per-token rule tensors for flex_attention)")
+        if attention not in ("dense", "rule", "flash"):
+            raise RecipeError(f"MFTCollator attention = {attention!r}; use 'dense' (a [B, 1, L, L] mask, eager and sdpa), "
+                              f"'rule' (per-token rule tensors for flex_attention) or 'flash' (flash_attention_2)")
         self.attention = attention
         self._fallback_generator = torch.Generator().manual_seed(seed)
 
@@ -107,6 +110,20 @@ class MFTCollator:
             return self.pack(rows)
         return self.pad(rows)
 
+    def flash_causal_flag(self, rows: list[Row]) -> bool:
+        """flash_attention_2's one causal flag for the batch; rows it cannot express are refused."""
+        for row in rows:
+            if row.attention is not None or (not row.causal and (
+                    row.sink or row.prompt_end or (row.hidden is not None and bool(row.hidden.any())))):
+                raise RecipeError("flash_attention_2 sees every token of a row (hidden masked keys, a kept sink, a blocked "
+                                  "prompt or a custom mask cannot be expressed); use model.attn_implementation: "
+                                  "flex_attention or sdpa")
+        kinds = {row.causal for row in rows}
+        if len(kinds) > 1:
+            raise RecipeError("flash_attention_2 takes one causal flag per batch, and this batch mixes causal and "
+                              "bidirectional rows; set objective.per: batch, or use flex_attention or sdpa")
+        return kinds.pop()
+
     def pad(self, rows: list[Row]) -> Batch:
         length = max(len(row) for row in rows)
         if self.pad_to_multiple_of:
@@ -129,6 +146,11 @@ class MFTCollator:
                 hidden[b, :n] = row.hidden
         causal = torch.tensor([row.causal for row in rows])
         custom = any(row.attention is not None for row in rows)
+        if self.attention == "flash":  # a padding mask and the causal flag (bidirectional: is_causal=False)
+            batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "attention_mask": key_valid.long()}
+            if not self.flash_causal_flag(rows):
+                batch["is_causal"] = False
+            return batch
         if custom and self.attention == "rule":
             raise RecipeError("rows with their own attention masks (plm) have no per-token rule for flex_attention; "
                               "use model.attn_implementation: sdpa")
@@ -207,8 +229,14 @@ class MFTCollator:
                 if names:
                     sources[b, span] = names.index(row.source) if row.source in names else -1
                 start += len(row)
-        rule = packed_rule(segments, causal, hidden, sink_start, prompt)
         batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "position_ids": position_ids}
+        if self.attention == "flash":  # no mask: the variable-length path tells documents apart by position ids
+            if not self.flash_causal_flag(rows):
+                batch["is_causal"] = False
+            if names:
+                batch["source_ids"] = sources
+            return batch
+        rule = packed_rule(segments, causal, hidden, sink_start, prompt)
         if self.attention == "rule":
             batch["attention_rule"] = rule.tensors()
         else:

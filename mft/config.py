@@ -397,6 +397,32 @@ def model_kind(model: ModelConfig) -> str:
     return "causal"
 
 
+def check_flash_attention(recipe: Recipe, objective, kind: str) -> None:
+    """flash_attention_2 takes one causal flag per batch and no mask beyond padding (or, packed,
+    documents told apart by position ids restarting at 0). It runs causal rows, and bidirectional
+    rows whose every visible token is a key: `attend_to_masked: true`, no sink, the prompt seeing
+    the answer, no annealing. Anything else is refused in one line naming flex_attention."""
+    where = "use model.attn_implementation: flex_attention (any mask) or sdpa"
+    if kind == "encoder_decoder" or objective.two_stream:
+        raise RecipeError(f"model.attn_implementation = flash_attention_2 cannot run objective {recipe.objective_name!r} "
+                          f"on {kind} (masks of its own); {where}")
+    bidirectional = [component for component in objective.components if component.bidirectional]
+    for component in bidirectional:
+        rule = ("objective.attend_to_masked: false hides masked keys" if not component.attend_to_masked else
+                "objective.keep_sink: true keeps the first token causal" if component.keep_sink else
+                "objective.prompt_sees_answer: false blocks the prompt from the answer"
+                if not component.prompt_sees_answer else None)
+        if rule:
+            raise RecipeError(f"model.attn_implementation = flash_attention_2 cannot express the mask of {component.name!r}: "
+                              f"{rule}; {where}")
+    if bidirectional and recipe.training.attention_anneal_steps:
+        raise RecipeError(f"model.attn_implementation = flash_attention_2 cannot anneal attention "
+                          f"(training.attention_anneal_steps = {recipe.training.attention_anneal_steps}); {where}")
+    if bidirectional and len(bidirectional) < len(objective.components) and getattr(objective, "per", "batch") != "batch":
+        raise RecipeError("model.attn_implementation = flash_attention_2 takes one causal flag per batch, and this mixture "
+                          f"mixes causal and bidirectional rows in a batch; set objective.per: batch, or {where}")
+
+
 def validate_recipe(recipe: Recipe) -> None:
     """Every check of a recipe against its objective and model kind that needs no data and no model:
     combinations that cannot work, or would silently train something other than asked. Raises
@@ -429,9 +455,14 @@ def validate_recipe(recipe: Recipe) -> None:
     if training.dataloader_persistent_workers:
         raise RecipeError("training.dataloader_persistent_workers = true would keep every epoch's masks equal to "
                           "the first epoch's; set it to false")
-    if model.attn_implementation == "flash_attention_2" and objective.bidirectional:
-        raise RecipeError(f"model.attn_implementation = flash_attention_2 cannot run objective "
-                          f"{recipe.objective_name!r}, whose attention is bidirectional; use sdpa or eager")
+    if model.attn_implementation == "flash_attention_2":
+        check_flash_attention(recipe, objective, kind)
+    if getattr(training, "loss_kernel", "auto") in ("liger", "cce"):
+        import torch
+
+        from .loss import check_loss_kernel
+
+        check_loss_kernel(training.loss_kernel, on_gpu=not training.use_cpu and torch.cuda.is_available())
     if model.attn_implementation == "flex_attention":
         import torch
 
@@ -441,9 +472,6 @@ def validate_recipe(recipe: Recipe) -> None:
         if kind == "encoder_decoder" or objective.two_stream:
             raise RecipeError(f"model.attn_implementation = flex_attention: objective {recipe.objective_name!r} on "
                               f"{kind} uses masks of its own (two-stream / encoder-decoder); use sdpa")
-    if model.attn_implementation == "flash_attention_2" and training.pack_length:
-        raise RecipeError("training.pack_length needs a 4D attention mask, which flash_attention_2 ignores; use sdpa "
-                          "or eager, or pack_length: 0")
     components = objective.components
     if kind == "encoder_decoder" and len({c.bidirectional for c in components}) > 1:
         raise RecipeError("model.architecture = encoder_decoder: a mixture cannot combine next-token objectives (the "

@@ -39,7 +39,8 @@ from typing import Any
 
 import torch
 
-from .models.attention import attention_implementation, attention_mask_4d, to_model_mask
+from .models.attention import (attention_implementation, attention_implementation_for_masks, attention_mask_4d,
+                               to_model_mask)
 from .objectives import DECODINGS
 from .errors import RecipeError
 
@@ -516,6 +517,16 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_
     if prompt_cache and decoding != "masked":
         raise RecipeError(f"prompt_cache applies to masked (left-to-right) decoding, not {decoding}")
     rules = {"shift": shift, "keep_sink": keep_sink, "attend_to_masked": attend_to_masked}
+    if decoding != "causal":  # masked decoding builds 4D masks, which flash_attention_2 cannot take
+        with attention_implementation_for_masks(model):
+            return _generate_batches(model, tokenizer, prompts, decoding, max_new_tokens, batch_size, rules,
+                                     prompt_sees_answer, slots_only, threshold, prompt_cache, answer_cache)
+    return _generate_batches(model, tokenizer, prompts, decoding, max_new_tokens, batch_size, rules,
+                             prompt_sees_answer, slots_only, threshold, prompt_cache, answer_cache)
+
+
+def _generate_batches(model, tokenizer, prompts, decoding, max_new_tokens, batch_size, rules, prompt_sees_answer,
+                      slots_only, threshold, prompt_cache, answer_cache) -> list[list[int]]:
     answers = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]

@@ -17,8 +17,11 @@ keeps the hidden states of the predicted positions, and applies the head to them
 (DDP, DeepSpeed, FSDP, PEFT): a pre-hook on the head keeps the hidden states and hands the head an
 empty slice, so that the wrappers see an ordinary forward (calling the backbone directly would
 bypass DDP's gradient synchronisation). `full_logits=True` restores the straightforward path.
-(Written by hand: transformers' `logits_to_keep` keeps the same columns for every row, and the fused
-linear cross-entropy kernels we know of need a GPU.)
+(Written by hand: transformers' `logits_to_keep` keeps the same columns for every row.) On a GPU
+the head and the cross-entropy of the kept positions can instead run as one fused kernel from a
+library, `loss_kernel`: cut-cross-entropy (`cce`) or liger-kernel (`liger`), which never build the
+[positions, vocab] logits either; "auto" takes one of them when it is installed and the hidden
+states are on a GPU, else the chunked path.
 
 No gradient through the prompt (`prompt_without_gradient`, opt-in): each row's prompt runs once
 under `torch.no_grad()` into a key/value cache and only the rest runs with gradient.
@@ -44,10 +47,11 @@ class MFTLoss:
     positions whose label is not IGNORE (the outputs then carry no logits); otherwise the model's
     own logits are used."""
 
-    def __init__(self, chunk_size: int = 2048):
+    def __init__(self, chunk_size: int = 2048, kernel: str = "auto"):
         if chunk_size < 1:
             raise RecipeError(f"logits_chunk_size = {chunk_size}; use a positive number of positions")
-        self.chunk_size = chunk_size
+        check_loss_kernel(kernel)
+        self.chunk_size, self.kernel = chunk_size, kernel
 
     def __call__(self, model, inputs: dict[str, torch.Tensor], labels: torch.Tensor, weights: torch.Tensor,
                  *, selected_only: bool = True, unwrapped=None):
@@ -57,7 +61,7 @@ class MFTLoss:
             return weighted_position_losses(outputs.logits, labels, weights), outputs
         with keep_predicted_hidden_states(head, labels != IGNORE) as kept:
             outputs = model(**inputs)
-        return selected_position_losses(head, kept.hidden, labels, weights, self.chunk_size), outputs
+        return selected_position_losses(head, kept.hidden, labels, weights, self.chunk_size, self.kernel), outputs
 
 
 def output_head(model) -> torch.nn.Module | None:
@@ -163,13 +167,66 @@ class keep_predicted_hidden_states:
             raise RuntimeError("the model never called its output embeddings; set training.full_logits: true")
 
 
+# The fused linear cross-entropy kernels `loss_kernel` may name: (module, pip package).
+LOSS_KERNELS = {"cce": ("cut_cross_entropy", "cut-cross-entropy"), "liger": ("liger_kernel", "liger-kernel")}
+
+
+def check_loss_kernel(kernel: str, on_gpu: bool | None = None) -> None:
+    """A kernel the recipe names must be one mft knows, installed, and (for the fused ones) on a GPU."""
+    import importlib.util
+
+    if kernel not in ("auto", "chunked", *LOSS_KERNELS):
+        raise RecipeError(f"training.loss_kernel = {kernel!r}; use auto, chunked, liger or cce")
+    if kernel in LOSS_KERNELS:
+        module, package = LOSS_KERNELS[kernel]
+        if importlib.util.find_spec(module) is None:
+            raise RecipeError(f"training.loss_kernel = {kernel} needs the {package} package (pip install {package}); "
+                              f"or use loss_kernel: auto, which falls back to the chunked path")
+        if on_gpu is False:
+            raise RecipeError(f"training.loss_kernel = {kernel} runs only on a GPU; use loss_kernel: auto or chunked on CPU")
+
+
+def resolve_loss_kernel(kernel: str, device: torch.device) -> str:
+    """The kernel that runs: `auto` is cce, else liger, when installed and on a GPU, else chunked."""
+    import importlib.util
+
+    if kernel != "auto":
+        return kernel
+    if device.type == "cuda":
+        for name, (module, _) in LOSS_KERNELS.items():
+            if importlib.util.find_spec(module) is not None:
+                return name
+    return "chunked"
+
+
+def fused_token_losses(kernel: str, head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[N] CE(head(h_i), y_i) by a library's fused linear cross-entropy kernel (no [N, vocab] logits)."""
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if kernel == "cce":
+        from cut_cross_entropy import linear_cross_entropy
+
+        return linear_cross_entropy(hidden, weight, targets, bias=bias, reduction="none").float()
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    out = liger_fused_linear_cross_entropy(hidden, weight, targets, bias=bias, reduction="none")
+    out = out[0] if isinstance(out, tuple) else getattr(out, "loss", out)
+    return out.float()
+
+
 def selected_position_losses(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-                             weights: torch.Tensor, chunk_size: int = 2048) -> torch.Tensor:
+                             weights: torch.Tensor, chunk_size: int = 2048, kernel: str = "chunked") -> torch.Tensor:
     """[B, L]: w_i * CE(head(h_i), labels_i) at the selected positions (labels != IGNORE), 0 elsewhere,
-    from their hidden states h ([N, hidden]). The head runs on at most `chunk_size` positions at a
-    time; with more than one chunk each chunk is checkpointed (its logits recomputed in backward)."""
+    from their hidden states h ([N, hidden]). `kernel` "chunked": the head runs on at most
+    `chunk_size` positions at a time; with more than one chunk each chunk is checkpointed (its logits
+    recomputed in backward). "cce" / "liger" (or "auto" resolving to one): a fused kernel, used when
+    the head is a plain linear layer (a LoRA-wrapped or sharded head takes the chunked path)."""
     selected = labels != IGNORE
     targets = labels[selected].to(hidden.device)
+    kernel = resolve_loss_kernel(kernel, hidden.device)
+    if kernel in LOSS_KERNELS and type(head) is torch.nn.Linear and head.weight.dim() == 2:
+        token_loss = fused_token_losses(kernel, head, hidden, targets)
+        return torch.zeros(labels.shape, dtype=token_loss.dtype, device=token_loss.device).masked_scatter(
+            selected.to(token_loss.device), token_loss * weights[selected].to(token_loss.device))
 
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(head(h).float(), y, reduction="none")

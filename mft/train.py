@@ -370,7 +370,8 @@ def _run(recipe: Recipe, lead: bool) -> dict[str, Any]:
     stage("loading the model")
     model = load_model(recipe, tokenizer, objective)
     collator = MFTCollator(objective, tokenizer, seed=args.seed, pack_length=args.pack_length,
-                           attention="rule" if recipe.model.attn_implementation == "flex_attention" else "dense")
+                           attention={"flex_attention": "rule", "flash_attention_2": "flash"}.get(
+                               recipe.model.attn_implementation, "dense"))
     trainable, total = count_parameters(model)
     print(f"mft: {recipe.objective_name} on {data_name(recipe)}: "
           f"{len(train_dataset)} training examples, {len(data.qa)} QA items; "

@@ -75,7 +75,7 @@ class MFTLossMixin:
         if hasattr(self.train_dataset, "set_epoch"):
             self.add_callback(_DatasetEpoch(self.train_dataset))
         self._attn_implementation = attention_implementation(self.model)
-        self.token_loss = MFTLoss(mft_option(self.args, "logits_chunk_size"))
+        self.token_loss = MFTLoss(mft_option(self.args, "logits_chunk_size"), mft_option(self.args, "loss_kernel"))
         self._cache_argument = None if mft_option(self.args, "prompt_gradient") else cache_argument(self.model)
         # [loss sum, weight sum] of each mixture component since the last log, on this process
         self._component_losses = torch.zeros(0, 2)

@@ -54,6 +54,14 @@ class MFTConfig(TrainingArguments):
         metadata={"help": "Predicted positions per LM-head chunk; above one chunk each chunk's logits are "
                           "recomputed in the backward pass instead of being kept."},
     )
+    loss_kernel: Literal["auto", "chunked", "liger", "cce"] = field(
+        default="auto",
+        metadata={"help": "How the LM head and cross-entropy run at the predicted positions: 'chunked' (pure "
+                          "PyTorch, logits_chunk_size positions at a time; the CPU path and the fallback), 'cce' "
+                          "(cut-cross-entropy's fused kernel) or 'liger' (liger-kernel's fused linear cross-entropy), "
+                          "both GPU only and never building the logits. 'auto': cce, else liger, when installed and "
+                          "on a GPU; else chunked."},
+    )
     prompt_gradient: bool = field(
         default=True,
         metadata={"help": "Backpropagate through each row's prompt (the positions before its first predicted "

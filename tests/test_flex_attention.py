@@ -104,7 +104,7 @@ def test_rows_with_their_own_masks_have_no_rule():
 
 def test_the_gpu_check_dry_runs_on_cpu(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--out", str(tmp_path),
-                           "--parts", "steps,recipes"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+                           "--parts", "loss,steps,recipes"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     steps = [row for row in summary["results"] if row["part"] == "steps"]
@@ -112,6 +112,8 @@ def test_the_gpu_check_dry_runs_on_cpu(tmp_path):
         (implementation, objective) for implementation in ("sdpa", "flex_attention")
         for objective in ("ar", "mlm_u", "masked_reconstruct")}
     assert all(row["tokens_per_s"] > 0 for row in steps if row["implementation"] == "sdpa")
+    assert {row["kernel"]: row["skipped"] for row in summary["results"] if row["part"] == "loss"} == {
+        "cce": "GPU only", "liger": "GPU only"}
     [recipe] = [row for row in summary["results"] if row["part"] == "recipes"]
     assert recipe["returncode"] == 0
     assert "| part | what | result |" in done.stdout

@@ -26,6 +26,10 @@ import os
 import torch
 
 
+# flex_attention's block size (queries and keys): block masks are built over blocks of this many.
+FLEX_BLOCK = 128
+
+
 @dataclasses.dataclass
 class TokenRule:
     """A batch's attention rule, stated per token: every mask mft builds is this rule evaluated on a
@@ -77,8 +81,24 @@ class TokenRule:
         from torch.nn.attention.flex_attention import create_block_mask
 
         batch, length = self.valid.shape
-        return create_block_mask(lambda b, h, q, k: self.allows(b, q, k), batch, None, length, length,
-                                 device=self.valid.device)
+        padded = self.padded_to(-(-length // FLEX_BLOCK) * FLEX_BLOCK)
+        # _compile: the mask_mod is evaluated block by block in a compiled kernel; uncompiled,
+        # create_block_mask evaluates it on the whole [B, L, L] grid (with int64 temporaries)
+        return create_block_mask(lambda b, h, q, k: padded.allows(b, q, k), batch, None, length, length,
+                                 device=self.valid.device, _compile=True)
+
+    def padded_to(self, length: int) -> "TokenRule":
+        """The rule over `length` >= L positions, the extra ones padding (not valid, a segment of
+        their own). The kernels visit whole blocks, so the mask_mod may be asked about indices up to
+        the next multiple of the block size; they must be in range (on CPU an index past the end
+        reads arbitrary memory)."""
+        extra = length - self.valid.shape[1]
+        if extra <= 0:
+            return self
+        grow = lambda tensor, value: torch.nn.functional.pad(tensor, (0, extra), value=value)  # noqa: E731
+        return TokenRule(valid=grow(self.valid, False), segment=grow(self.segment, -1), causal=grow(self.causal, False),
+                         hidden=grow(self.hidden, False), sink=grow(self.sink, False), prompt=grow(self.prompt, False),
+                         anneal=self.anneal)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in self.TENSORS}
@@ -156,7 +176,9 @@ def to_model_mask(attention_mask: torch.Tensor, attn_implementation: str, dtype:
         from torch.nn.attention.flex_attention import create_block_mask
 
         batch, _, queries, keys = attention_mask.shape
-        return create_block_mask(lambda b, h, q, k: attention_mask[b, 0, q, k], batch, None, queries, keys,
+        round_up = lambda n: -(-n // FLEX_BLOCK) * FLEX_BLOCK  # noqa: E731 (indices up to the block edge, see TokenRule)
+        padded = torch.nn.functional.pad(attention_mask, (0, round_up(keys) - keys, 0, round_up(queries) - queries))
+        return create_block_mask(lambda b, h, q, k: padded[b, 0, q, k], batch, None, queries, keys,
                                  device=attention_mask.device)
     blocked = torch.finfo(dtype).min
     return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(~attention_mask, blocked)
@@ -165,6 +187,21 @@ def to_model_mask(attention_mask: torch.Tensor, attn_implementation: str, dtype:
 def attention_implementation(model) -> str:
     config = getattr(model, "config", None)
     return getattr(config, "_attn_implementation", None) or "eager"
+
+
+@contextlib.contextmanager
+def attention_implementation_for_masks(model):
+    """Inside the block a flash_attention_2 model attends with sdpa, which takes the 4D masks of
+    masked decoding (flash-attention takes no mask beyond padding); other models are unchanged."""
+    if attention_implementation(model) != "flash_attention_2":
+        yield
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        base.set_attn_implementation("flash_attention_2")
 
 
 @contextlib.contextmanager
