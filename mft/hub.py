@@ -297,6 +297,7 @@ def _decoding(output_dir: Path, recipe: dict[str, Any]) -> tuple[str | None, lis
 
 
 def _recipe_decoding(recipe: dict[str, Any]) -> tuple[str | None, list[str], str | None]:
+    from .decoding import DecodingSpec
     from .objectives import DECODINGS, build_objective
 
     section = dict(recipe.get("objective") or {})
@@ -311,7 +312,9 @@ def _recipe_decoding(recipe: dict[str, Any]) -> tuple[str | None, list[str], str
     except (MFTError, TypeError, ValueError):  # an unknown (or newer) objective: the card is still written
         why = f"the run's objective `{name}` is not one this version of mft can build"
         return decoding, [], None if decoding == "causal" else why
-    return decoding or objective.decoding, [f"{key}=True" for key, on in objective.decoding_options().items() if on], None
+    defaults = DecodingSpec().rules()
+    return (decoding or objective.decoding,
+            [f"{key}={value}" for key, value in objective.decoding_options().items() if value != defaults[key]], None)
 
 
 def _notes(repo: str, adapter: bool, added_mask_token: bool, base: str | None, decoding: str | None,

@@ -47,7 +47,8 @@ def test_a_mixture_combines_its_components_rules():
     mixture = Mixture(mix={"ar": 0.3, "mlm_u": 0.7}, options={"mlm_u": {"shift": True, "keep_sink": True,
                                                                       "attend_to_masked": True}})
     assert mixture.decoding == "masked" and mixture.bidirectional and mixture.needs_mask_token
-    assert mixture.decoding_options() == {"shift": True, "keep_sink": True, "attend_to_masked": True}
+    assert mixture.decoding_options() == {"shift": True, "keep_sink": True, "attend_to_masked": True,
+                                          "prompt_sees_answer": True}
     assert mixture.architectures == {"causal", "encoder_decoder"}  # ar cannot train BERT
     assert [component.name for component in mixture.components] == ["ar", "mlm_u"]
 
