@@ -353,6 +353,22 @@ def generate_masked_cached(model, tokenizer, prompts: list[list[int]], max_new_t
 
     answers: list[list[int]] = [[] for _ in prompts]
     live = list(range(batch))  # the rows still being written; finished rows leave the batch and the cache
+
+    def write_and_drop_finished(slot_logits: torch.Tensor, counts: list[int]) -> None:
+        """Write each live row's accepted tokens; rows that ended leave the batch and the cache."""
+        nonlocal prompt_ids, start, positions, live
+        keep = []
+        for j, (b, (tokens, confidences)) in enumerate(zip(live, _read_slots(slot_logits, banned, counts))):
+            written, ended = _accepted_run(tokens, confidences, threshold, eos_id)
+            answers[b].extend(written)
+            if not ended and len(answers[b]) < max_new_tokens:
+                keep.append(j)
+        if len(keep) < len(live):
+            if keep:
+                cache.batch_select_indices(torch.tensor(keep, device=prompt_ids.device))
+            prompt_ids, start, positions = prompt_ids[keep], start[keep], positions[keep]
+            live = [live[j] for j in keep]
+
     if answer_cache:
         if threshold is not None:
             raise RecipeError("answer_cache writes one token per step; use it without threshold")
@@ -378,18 +394,7 @@ def generate_masked_cached(model, tokenizer, prompts: list[list[int]], max_new_t
             slot_logits = logits_at(model, read, slots_only, **inputs)
             if with_slot:
                 cache.crop(-1)  # the slot goes; the token written last stays, keys and values as just computed
-            keep = []
-            for j, (b, (tokens, _)) in enumerate(zip(live, _read_slots(slot_logits, banned, [1] * len(live)))):
-                if tokens[0] == eos_id:
-                    continue
-                answers[b].append(tokens[0])
-                if len(answers[b]) < max_new_tokens:
-                    keep.append(j)
-            if len(keep) < len(live):
-                if keep:
-                    cache.batch_select_indices(torch.tensor(keep, device=prompt_ids.device))
-                prompt_ids, start, positions = prompt_ids[keep], start[keep], positions[keep]
-                live = [live[j] for j in keep]
+            write_and_drop_finished(slot_logits, [1] * len(live))
             step += 1
         return answers
     while live:
@@ -414,17 +419,7 @@ def generate_masked_cached(model, tokenizer, prompts: list[list[int]], max_new_t
                                       use_cache=True, **{cache_key: cache})
         slot_logits = logits_at(model, read, slots_only, **inputs)
         cache.crop(-step_ids.shape[1])  # back to the prompt: the answer is re-run with the next slots
-        keep = []
-        for j, (b, (tokens, confidences)) in enumerate(zip(live, _read_slots(slot_logits, banned, counts))):
-            written, ended = _accepted_run(tokens, confidences, threshold, eos_id)
-            answers[b].extend(written)
-            if not ended and len(answers[b]) < max_new_tokens:
-                keep.append(j)
-        if len(keep) < len(live):
-            if keep:
-                cache.batch_select_indices(torch.tensor(keep, device=prompt_ids.device))
-            prompt_ids, start, positions = prompt_ids[keep], start[keep], positions[keep]
-            live = [live[j] for j in keep]
+        write_and_drop_finished(slot_logits, counts)
     return answers
 
 
