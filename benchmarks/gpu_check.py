@@ -158,6 +158,7 @@ def step_model(device: str, cpu: bool, implementation: str, vocab_size: int):
     model.enable_input_require_grads()
     rank = 8 if cpu else 256
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=["q_proj", "v_proj"]))
+    model.train()  # gradient checkpointing acts in training mode only
     return model, config
 
 

@@ -497,7 +497,8 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_
     causal decoding needs none of them. The speed options of masked decoding: `slots_only` (the LM
     head only at the slots; exact), `threshold` (several slots per step: left to right, the run of
     confident slots after the first; any order, every confident slot), `prompt_cache`
-    (left to right: the prompt's keys and values once; exact without `prompt_sees_answer`),
+    (left to right: the prompt's keys and values once; exact without `prompt_sees_answer`, and then
+    on by itself for a Hugging Face causal LM),
     `answer_cache` (with the prompt cache: the answer's keys and values kept too; approximate)."""
     if decoding not in DECODINGS:
         raise RecipeError(f"decoding = {decoding!r} is not a decoding method; use one of {', '.join(DECODINGS)}")
@@ -512,6 +513,9 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_
     if prompt_cache and decoding != "masked":
         raise RecipeError(f"prompt_cache applies to masked (left-to-right) decoding, not {decoding}")
     rules = {"shift": shift, "keep_sink": keep_sink, "attend_to_masked": attend_to_masked}
+    if decoding == "masked" and not prompt_sees_answer and hasattr(model, "can_generate") \
+            and model.can_generate():
+        prompt_cache = True  # exact for a model whose prompt never saw its answer, and faster
     if decoding != "causal":  # masked decoding builds 4D masks, which flash_attention_2 cannot take
         with attention_implementation_for_masks(model):
             return _generate_batches(model, tokenizer, prompts, decoding, max_new_tokens, batch_size, rules,
