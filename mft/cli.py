@@ -155,12 +155,14 @@ def evaluate_run_command(args) -> int:
 def generate_command(args) -> int:
     import json
 
+    from .decoding import check_speed_options
     from .inference import check_request, load
 
     prompts = args.prompts or [line.rstrip("\n") for line in sys.stdin]
     # the prompts and numbers first, before the model loads; the mask token once it has
     check_request(None, prompts, args.format or "chat", args.decoding or "causal",
                   1 if args.max_new_tokens is None else args.max_new_tokens, args.batch_size)
+    check_speed_options(args.decoding, args.threshold, args.prompt_cache, args.answer_cache)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # stderr keeps to errors: answers are the output

@@ -487,6 +487,23 @@ def generate_masked_any_order(model, tokenizer, prompts: list[list[int]], max_ne
     return answers
 
 
+def check_speed_options(decoding: str | None, threshold: float | None, prompt_cache: bool, answer_cache: bool) -> None:
+    """One line for the first speed option that does not apply (`decoding` None: not known yet, the
+    checks that need it wait)."""
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise RecipeError(f"threshold = {threshold}; use a probability in (0, 1]")
+    if answer_cache and not prompt_cache:
+        raise RecipeError("answer_cache extends the prompt cache; set prompt_cache too")
+    if answer_cache and threshold is not None:
+        raise RecipeError("answer_cache writes one token per step; use it without threshold")
+    if decoding is None:
+        return
+    if threshold is not None and decoding not in ("masked", "masked_any_order"):
+        raise RecipeError(f"threshold = {threshold} applies to masked decoding, not {decoding}")
+    if prompt_cache and decoding != "masked":
+        raise RecipeError(f"prompt_cache applies to masked (left-to-right) decoding, not {decoding}")
+
+
 def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_tokens: int, batch_size: int = 64,
              shift: bool = False, keep_sink: bool = False, attend_to_masked: bool = False,
              prompt_sees_answer: bool = True, slots_only: bool = True, threshold: float | None = None,
@@ -504,14 +521,7 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: str, max_new_
         raise RecipeError(f"decoding = {decoding!r} is not a decoding method; use one of {', '.join(DECODINGS)}")
     if max_new_tokens < 1:
         raise RecipeError(f"max_new_tokens = {max_new_tokens}; answers need at least 1 new token")
-    if threshold is not None and not 0.0 < threshold <= 1.0:
-        raise RecipeError(f"threshold = {threshold}; use a probability in (0, 1]")
-    if threshold is not None and decoding not in ("masked", "masked_any_order"):
-        raise RecipeError(f"threshold = {threshold} applies to masked decoding, not {decoding}")
-    if answer_cache and not prompt_cache:
-        raise RecipeError("answer_cache extends the prompt cache; set prompt_cache too")
-    if prompt_cache and decoding != "masked":
-        raise RecipeError(f"prompt_cache applies to masked (left-to-right) decoding, not {decoding}")
+    check_speed_options(decoding, threshold, prompt_cache, answer_cache)
     rules = {"shift": shift, "keep_sink": keep_sink, "attend_to_masked": attend_to_masked}
     if decoding == "masked" and not prompt_sees_answer and hasattr(model, "can_generate") \
             and model.can_generate():

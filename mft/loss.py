@@ -98,7 +98,7 @@ def prompt_without_gradient(model, inputs: dict[str, torch.Tensor], labels: torc
     Needs a causal LM that takes a cache (forward argument `cache_keyword`, see `cache_argument`) and
     a 2D padding mask: causal rows, one example per row. (Written by hand: no library splits a training step this way.)"""
     mask = inputs["attention_mask"]
-    if mask.dim() != 2 or "position_ids" in inputs:
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or "position_ids" in inputs:
         raise RecipeError("training.prompt_gradient = false needs causal rows, one example per row (a 2D attention "
                           "mask); use a causal objective without packing, or set prompt_gradient: true")
     ids = inputs["input_ids"]

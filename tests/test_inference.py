@@ -173,6 +173,9 @@ def test_generate_bad_input_is_one_line_and_status_2(runs, tmp_path, capsys, mon
         (["generate", str(runs["ar"]), "--max-new-tokens", "0", "k1"], "max_new_tokens = 0"),
         (["generate", str(runs["ar"])], "no prompts"),  # and nothing on stdin
         (["generate", str(tmp_path), "q"], "holds no model"),
+        (["generate", str(tmp_path / "missing"), "--answer-cache", "q"], "set prompt_cache too"),  # before loading
+        (["generate", str(runs["ar"]), "--threshold", "1.5", "q"], "use a probability in (0, 1]"),
+        (["generate", str(runs["ar"]), "--decoding", "causal", "--prompt-cache", "q"], "prompt_cache applies to masked"),
     ]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     capsys.readouterr()
