@@ -197,6 +197,15 @@ def _block_prompt_from_answer(allowed: torch.Tensor, prompt_lengths: torch.Tenso
     return allowed & ~barred[:, None]
 
 
+def _masked_decoding_tokens(tokenizer) -> tuple[int, int, int, list[int]]:
+    """(EOS, mask, pad, the ids never generated: every special token but EOS) of masked decoding."""
+    if tokenizer.mask_token_id is None:
+        raise RecipeError("masked decoding needs a tokenizer with a mask token")
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    return eos_id, tokenizer.mask_token_id, pad_id, [i for i in tokenizer.all_special_ids if i != eos_id]
+
+
 # Slots read per step by threshold-parallel left-to-right decoding: enough for most of a short
 # answer in one step, few enough that the extra (hidden) slot positions cost little.
 THRESHOLD_SLOTS = 8
@@ -245,11 +254,7 @@ def generate_masked(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     slot's while it is at least `threshold` probable. Without `attend_to_masked` the first slot's
     prediction is the one-slot decoder's (the extra slots are no one's keys); the later ones are
     predicted without the tokens just written before them, which is the approximation."""
-    if tokenizer.mask_token_id is None:
-        raise RecipeError("masked decoding needs a tokenizer with a mask token")
-    eos_id, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    banned = [i for i in tokenizer.all_special_ids if i != eos_id]
+    eos_id, mask_id, pad_id, banned = _masked_decoding_tokens(tokenizer)
     slots_per_step = 1 if threshold is None else THRESHOLD_SLOTS
 
     answers: list[list[int]] = [[] for _ in prompts]
@@ -305,16 +310,13 @@ def generate_masked_cached(model, tokenizer, prompts: list[list[int]], max_new_t
     prompt and the answer before it. Each step then runs [the token written last, one mask slot],
     whatever the answer's length; the answer's earlier tokens no longer see the
     later ones, which training showed them. With `shift` and hidden slots the slot itself is left
-    out (it is read from the token before it and seen by no one): one position per step. Needs a model that takes `past_key_values` (Hugging Face causal LMs)."""
+    out (it is read from the token before it and seen by no one): one position per step.
+    Needs a model that takes `past_key_values` (Hugging Face causal LMs)."""
     from transformers import DynamicCache
 
     from .loss import cache_argument
 
-    if tokenizer.mask_token_id is None:
-        raise RecipeError("masked decoding needs a tokenizer with a mask token")
-    eos_id, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    banned = [i for i in tokenizer.all_special_ids if i != eos_id]
+    eos_id, mask_id, pad_id, banned = _masked_decoding_tokens(tokenizer)
     slots_per_step = 1 if threshold is None else THRESHOLD_SLOTS
     batch = len(prompts)
     lengths = torch.tensor([len(p) for p in prompts])
@@ -432,11 +434,7 @@ def generate_masked_any_order(model, tokenizer, prompts: list[list[int]], max_ne
     the slot at p is read from the logits at p - 1, as in `generate_masked`. With `threshold`, each
     step writes every open slot whose probability is at least `threshold` (and always the most
     confident one), as Fast-dLLM's threshold-parallel decoding does: fewer steps, not exact."""
-    if tokenizer.mask_token_id is None:
-        raise RecipeError("masked decoding needs a tokenizer with a mask token")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_id = tokenizer.eos_token_id
-    banned = [i for i in tokenizer.all_special_ids if i != eos_id]
+    eos_id, _, pad_id, banned = _masked_decoding_tokens(tokenizer)
 
     batch = len(prompts)
     starts = torch.tensor([len(p) for p in prompts])
