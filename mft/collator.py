@@ -146,16 +146,12 @@ class MFTCollator:
                 hidden[b, :n] = row.hidden
         causal = torch.tensor([row.causal for row in rows])
         custom = any(row.attention is not None for row in rows)
-        if self.attention == "flash":  # a padding mask and the causal flag (bidirectional: is_causal=False)
-            batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "attention_mask": key_valid.long()}
-            if not self.flash_causal_flag(rows):
-                batch["is_causal"] = False
-            return batch
         if custom and self.attention == "rule":
             raise RecipeError("rows with their own attention masks (plm) have no per-token rule for flex_attention; "
                               "use model.attn_implementation: sdpa")
+        flash_causal = self.flash_causal_flag(rows) if self.attention == "flash" else None  # refuses what it cannot run
         rule = None
-        if causal.all() and not custom:
+        if (causal.all() and not custom) or self.attention == "flash":  # flash: the causal flag, below
             attention_mask = key_valid.long()
         else:
             rule = rows_rule(key_valid, causal, hidden, torch.tensor([row.sink for row in rows]), prompt)
@@ -169,6 +165,8 @@ class MFTCollator:
             batch["attention_rule"] = rule.tensors()
         else:
             batch["attention_mask"] = attention_mask
+        if flash_causal is False:
+            batch["is_causal"] = False
         names = getattr(self.objective, "component_names", None)
         if names:  # a mixture: which component made each token, for per-objective loss logs
             made_by = torch.tensor([names.index(row.source) if row.source in names else -1 for row in rows])
@@ -230,14 +228,11 @@ class MFTCollator:
                     sources[b, span] = names.index(row.source) if row.source in names else -1
                 start += len(row)
         batch = {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "position_ids": position_ids}
+        rule = packed_rule(segments, causal, hidden, sink_start, prompt)
         if self.attention == "flash":  # no mask: the variable-length path tells documents apart by position ids
             if not self.flash_causal_flag(rows):
                 batch["is_causal"] = False
-            if names:
-                batch["source_ids"] = sources
-            return batch
-        rule = packed_rule(segments, causal, hidden, sink_start, prompt)
-        if self.attention == "rule":
+        elif self.attention == "rule":
             batch["attention_rule"] = rule.tensors()
         else:
             batch["attention_mask"] = rule.dense()

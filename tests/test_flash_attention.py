@@ -69,6 +69,12 @@ def test_the_flash_collator_gives_a_padding_mask_and_the_causal_flag():
     assert (packed["position_ids"][0] == 0).sum() >= 3  # the documents restart their positions
     with pytest.raises(RecipeError, match="flex_attention"):
         MFTCollator(build_objective("mlm_u"), TOKENIZER, seed=0, attention="flash")(examples())
+    # a mixture drawn per batch: one flag for the batch, and the per-component loss logs keep their sources
+    mixture = build_objective("mixture", mix={"ar": 0.5, "mlm_u": 0.5}, per="batch",
+                              options={"mlm_u": {"attend_to_masked": True}})
+    for pack_length in (0, 32):
+        batch = MFTCollator(mixture, TOKENIZER, seed=0, attention="flash", pack_length=pack_length)(examples())
+        assert "source_ids" in batch and (batch["source_ids"] >= 0).any()
 
 
 @torch.no_grad()
