@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import enum
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -337,7 +336,7 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
     peft = _build_dataclass("peft", PeftOptions, raw.get("peft", {}))
 
     if "objective" not in raw:
-        raise RecipeError(f"the recipe has no 'objective' section; add one, e.g. objective: {{name: mlm_u}}")
+        raise RecipeError("the recipe has no 'objective' section; add one, e.g. objective: {name: mlm_u}")
     objective_section = dict(raw["objective"])
     if model.name_or_path:
         objective_section = with_pretrained_defaults(objective_section)
