@@ -43,16 +43,23 @@ RECIPE = tiny_recipe(save_strategy="steps", save_steps=10, save_total_limit=2)
 
 # The killed run: the same recipe through `mft.train`, each step slowed down (the training itself is
 # untouched) so that the kill lands in the middle of the run.
-SLOW_RUN = textwrap.dedent("""
-    import sys, time
+# A training run whose steps from `hold_from_step` on wait while the file `hold` exists, and which
+# writes `hold`.reached once it waits (after every save of the steps before it has ended): the test
+# decides when it may go on, so a fast machine cannot end it before the test acts on it.
+# Arguments: hold, hold_from_step, then mft.train's own.
+HELD_RUN = textwrap.dedent("""
+    import os, sys, time
     from mft.trainer import MFTTrainer
+    hold, hold_from_step = sys.argv[1], int(sys.argv[2])
     step = MFTTrainer.training_step
-    def slow_step(self, *args, **kwargs):
-        time.sleep(0.1)
+    def held_step(self, *args, **kwargs):
+        while self.state.global_step >= hold_from_step and os.path.exists(hold):
+            open(hold + ".reached", "w").close()
+            time.sleep(0.05)
         return step(self, *args, **kwargs)
-    MFTTrainer.training_step = slow_step
+    MFTTrainer.training_step = held_step
     from mft.train import main
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[3:]))
 """)
 
 
@@ -69,19 +76,22 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_end(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main([str(recipe), f"training.output_dir={straight}"]) == 0
 
-    process = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(recipe), f"training.output_dir={killed}"],
+    hold = tmp_path / "hold"
+    hold.touch()
+    process = subprocess.Popen([sys.executable, "-c", HELD_RUN, str(hold), "20", str(recipe),
+                                f"training.output_dir={killed}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     deadline = time.time() + 300
-    while not (killed / "checkpoint-20").is_dir():  # two checkpoints written, the run still going
+    while not (tmp_path / "hold.reached").is_file():  # two checkpoints written, the run held after them
         assert process.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint appeared"
+        assert time.time() < deadline, "the run never reached step 20"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "checkpoint-60").exists() and not (killed / "model.safetensors").exists()
     interrupted_at = int(Path(get_last_checkpoint(str(killed))).name.split("-")[1])
-    assert 20 <= interrupted_at < 60
+    assert interrupted_at == 20
 
     assert main([str(recipe), f"training.output_dir={killed}", "training.resume_from_checkpoint=true"]) == 0
     straight_losses, straight_weights = final_state(straight)

@@ -18,7 +18,7 @@ import mft.data.tokenize
 from mft.run_folder import LOCK_FILE, OutputFolderLock, RunIdentity
 from mft.train import main
 
-from test_resume import SLOW_RUN, tiny_recipe
+from test_resume import HELD_RUN, tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = tiny_recipe(max_steps=20, save_strategy="steps", save_steps=10, save_total_limit=2)
@@ -107,17 +107,22 @@ def test_a_resumed_from_scratch_run_takes_its_tokenizer_from_the_checkpoint(tmp_
 
 def test_a_second_process_cannot_use_a_running_runs_folder(tmp_path):
     out = tmp_path / "run"
-    recipe = write(tmp_path, tiny_recipe(max_steps=60, save_strategy="no"))
+    recipe = write(tmp_path, tiny_recipe(max_steps=20, save_strategy="no"))
+    hold = tmp_path / "hold"
+    hold.touch()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, "-c", SLOW_RUN, recipe, f"training.output_dir={out}"],
+    first = subprocess.Popen([sys.executable, "-c", HELD_RUN, str(hold), "0", recipe, f"training.output_dir={out}"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    while not (out / "resolved_recipe.yaml").is_file():
-        assert first.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    second = subprocess.run([sys.executable, "-m", "mft.train", recipe, f"training.output_dir={out}"],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert first.poll() is None, "the first run ended before the second one started"
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "hold.reached").is_file():
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        second = subprocess.run([sys.executable, "-m", "mft.train", recipe, f"training.output_dir={out}"],
+                                capture_output=True, text=True, env=env, timeout=300)
+        assert first.poll() is None, "the first run ended before the second one started"
+    finally:
+        hold.unlink()
     assert second.returncode == 2
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and "in use by another run" in lines[0] and f"process {first.pid}" in lines[0]
@@ -147,11 +152,13 @@ def test_ctrl_c_prints_one_line_with_the_command_that_resumes(tmp_path):
 
     out = tmp_path / "run"
     recipe = write(tmp_path, tiny_recipe(max_steps=60, save_strategy="steps", save_steps=10))
+    hold = tmp_path / "hold"
+    hold.touch()  # the run waits after step 10 until the interrupt reaches it
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-c", SLOW_RUN, recipe, f"training.output_dir={out}"],
+    process = subprocess.Popen([sys.executable, "-c", HELD_RUN, str(hold), "10", recipe, f"training.output_dir={out}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
-    while not (out / "checkpoint-10").is_dir():
+    while not (tmp_path / "hold.reached").is_file():  # checkpoint-10 written, the run held after it
         assert process.poll() is None and time.time() < deadline
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
