@@ -41,19 +41,20 @@ def tiny_recipe(**training) -> str:
 
 RECIPE = tiny_recipe(save_strategy="steps", save_steps=10, save_total_limit=2)
 
-# The killed run: the same recipe through `mft.train`, each step slowed down (the training itself is
-# untouched) so that the kill lands in the middle of the run.
-# A training run whose steps from `hold_from_step` on wait while the file `hold` exists, and which
-# writes `hold`.reached once it waits (after every save of the steps before it has ended): the test
-# decides when it may go on, so a fast machine cannot end it before the test acts on it.
+# A training run through `mft.train` (the training itself untouched) whose steps from
+# `hold_from_step` on wait while the file `hold` exists, and which writes `hold`.reached once it
+# waits (after every save of the steps before it has ended): the test decides when it may go on, so
+# a fast machine cannot end it before the test acts on it. A test that fails before releasing it
+# leaves no process behind: the wait gives up after 10 minutes.
 # Arguments: hold, hold_from_step, then mft.train's own.
 HELD_RUN = textwrap.dedent("""
     import os, sys, time
     from mft.trainer import MFTTrainer
     hold, hold_from_step = sys.argv[1], int(sys.argv[2])
+    give_up = time.time() + 600
     step = MFTTrainer.training_step
     def held_step(self, *args, **kwargs):
-        while self.state.global_step >= hold_from_step and os.path.exists(hold):
+        while self.state.global_step >= hold_from_step and os.path.exists(hold) and time.time() < give_up:
             open(hold + ".reached", "w").close()
             time.sleep(0.05)
         return step(self, *args, **kwargs)

@@ -114,7 +114,7 @@ def test_a_second_process_cannot_use_a_running_runs_folder(tmp_path):
     first = subprocess.Popen([sys.executable, "-c", HELD_RUN, str(hold), "0", recipe, f"training.output_dir={out}"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while not (tmp_path / "hold.reached").is_file():
             assert first.poll() is None and time.time() < deadline
             time.sleep(0.05)
@@ -157,7 +157,7 @@ def test_ctrl_c_prints_one_line_with_the_command_that_resumes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-c", HELD_RUN, str(hold), "10", recipe, f"training.output_dir={out}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not (tmp_path / "hold.reached").is_file():  # checkpoint-10 written, the run held after it
         assert process.poll() is None and time.time() < deadline
         time.sleep(0.05)
