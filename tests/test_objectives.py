@@ -371,6 +371,7 @@ def test_example_generator_drives_objective_reproducibly():
     (lambda: MLMU(low=0.8, high=0.2), "low"),
     (lambda: MLMU(low=0.8, high=0.2), "high"),
     (lambda: MLMU(weighting="1/r^2"), "weighting"),
+    (lambda: MLMU(mask_unit="sentence"), "mask_unit"),
 ])
 def test_invalid_options_raise(make, field):
     with pytest.raises(ValueError, match=rf"\b{field}\b"):
@@ -449,3 +450,80 @@ def test_shift_moves_every_label_one_position_left(objective_class):
         assert torch.equal(row.hidden, masked)  # the masked slots stay hidden where they are
         same = plain(example, torch.Generator().manual_seed(seed))[0]
         assert torch.allclose(row.weights[:-1], same.weights[1:])
+
+
+# --- mask_unit: word (whole-word masking) ----------------------------------------------------------
+
+
+def subword_tokenizer():
+    """A byte-level BPE whose merges split words into several tokens: " Drellstad" is " Dr" "ell"
+    "stad", and "," and " a" stand alone, as in GPT-2 / SmolLM2 vocabularies."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    merges = [("Ġ", "D"), ("ĠD", "r"), ("e", "l"), ("el", "l"), ("s", "t"), ("st", "a"), ("sta", "d"),
+              ("Ġ", "a"), ("Ġ", "t"), ("Ġt", "o"), ("Ġto", "w"), ("Ġtow", "n"), ("Ġ", "b"), ("Ġb", "y"), ("Ġ", "i"), ("Ġi", "n")]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(["<pad>", "<s>", "</s>", "<mask>", *alphabet])}
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    backend = Tokenizer(models.BPE(vocab, merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", mask_token="<mask>")
+
+
+WORD_TEXT = "Born in Drellstad, a town by Drellstad."
+
+
+def word_objective(**options):
+    tokenizer = subword_tokenizer()
+    objective = MLMU(mask_unit="word", **options)
+    objective.setup(SpecialTokens.from_tokenizer(tokenizer), tokenizer)
+    ids = [tokenizer.bos_token_id, *tokenizer(WORD_TEXT, add_special_tokens=False)["input_ids"],
+           tokenizer.eos_token_id]
+    return objective, tokenizer, ids
+
+
+def test_word_units_follow_spaces_and_punctuation():
+    objective, tokenizer, ids = word_objective()
+    ids_tensor = torch.tensor(ids)
+    positions = torch.arange(1, len(ids))  # every token after BOS
+    starts = objective.word_starts(ids_tensor, positions).tolist()
+    words, current = [], []
+    for position, starts_word in zip(positions.tolist(), starts):
+        if starts_word and current:
+            words.append(tokenizer.decode(current))
+            current = []
+        current.append(ids[position])
+    words.append(tokenizer.decode(current))
+    assert tokenizer.convert_ids_to_tokens(ids[6:9]) == ["ĠDr", "ell", "stad"]  # the test is about subwords
+    assert words == ["Born", " in", " Drellstad", ",", " a", " town", " by", " Drellstad", ".", "</s>"]
+
+
+def test_word_masking_hides_whole_words_at_a_uniform_word_rate():
+    objective, tokenizer, ids = word_objective(weighting="1/r")
+    example = {"input_ids": ids, "prompt_length": 0}
+    drellstad = [[6, 7, 8], [13, 14, 15]]  # the positions of both " Dr" "ell" "stad"
+    assert all(tokenizer.decode([ids[i] for i in word]) == " Drellstad" for word in drellstad)
+    num_words = 10  # Born, in, Drellstad, ",", a, town, by, Drellstad, ".", EOS
+    fractions, seen_partly_visible = [], False
+    for seed in range(400):
+        row = one_row(objective, example, seed)
+        masked = row.input_ids == tokenizer.mask_token_id
+        for word in drellstad:
+            assert masked[word].all() or not masked[word].any(), f"seed {seed}: a word half masked"
+        seen_partly_visible |= bool(masked[drellstad[0]].all() and not masked[drellstad[1]].any())
+        num_masked_words = sum(1 for i, start in enumerate(objective.word_starts(torch.tensor(ids), torch.arange(1, len(ids))))
+                               if start and masked[i + 1])
+        fractions.append(num_masked_words / num_words)
+        # the 1/r weight counts words: D/m with D = 10 words
+        assert torch.allclose(row.weights[row.labels != IGNORE], torch.tensor(num_words / num_masked_words))
+    assert seen_partly_visible  # one occurrence masked, the other left visible
+    assert np.mean(fractions) == pytest.approx(0.5, abs=0.05)
+
+
+def test_word_masking_needs_the_tokenizer():
+    with pytest.raises(ValueError, match="mask_unit = 'word' needs the tokenizer"):
+        MLMU(mask_unit="word").setup(SPECIAL)

@@ -178,7 +178,8 @@ class Objective:
         self.special = special
 
     # What `setup` gives an objective; reading one of them before `setup` says so.
-    _SET_UP_BY_SETUP: ClassVar[frozenset[str]] = frozenset({"special", "prefix", "middle", "open_ids", "close_ids"})
+    _SET_UP_BY_SETUP: ClassVar[frozenset[str]] = frozenset({"special", "prefix", "middle", "open_ids", "close_ids",
+                                                               "continues_word", "ends_in_word"})
 
     def __getattr__(self, attribute: str):
         # Only reached for attributes that are not set.

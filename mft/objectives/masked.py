@@ -36,6 +36,15 @@ exactly. Plain text (no prompt) is unaffected.
 
 m is drawn by unbiased stochastic rounding: m = floor(rD) + Bernoulli(rD - floor(rD)), so that
 E[m] = rD exactly, then clipped to [min_masked, D].
+
+`mask_unit="word"` (whole-word masking, as in BERT-wwm): the draw picks words instead of tokens.
+A word is a maximal run of maskable tokens in which every token after the first continues the one
+before it (it starts with a letter or digit, carries no leading space, and follows a token that
+ends with one), so " Drell" "stad" is one word and " Drellstad" "." two. D and m then count words,
+every token of a chosen word is masked, and the 1/r weight is D/m in words. Why: with single tokens
+a name or place is usually half visible ("Drell[M]"), and the cheapest way to fill it is spelling,
+not the fact; a whole masked word has to come from the rest of the sentence, which is what a
+question about it asks for.
 """
 
 from __future__ import annotations
@@ -45,13 +54,33 @@ from typing import Any, Literal
 
 import torch
 
-from .base import IGNORE, Objective, Row, check_rate, check_rate_range
+from .base import IGNORE, Objective, Row, SpecialTokens, check_rate, check_rate_range
 from ..errors import RecipeError
 
 
 def stochastic_round(value: float, generator: torch.Generator) -> int:
     whole = int(value)
     return whole + int(torch.rand((), generator=generator).item() < value - whole)
+
+
+_SPACE_MARKERS = ("\u0120", "\u2581", " ")  # byte-level BPE's space, SentencePiece's, a plain one
+
+
+def word_boundary_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two bool tensors over the vocabulary: `continues_word[t]`, token t carries no leading space
+    and starts with a letter or digit (it glues onto the token before it); `ends_in_word[t]`, token t
+    ends with a letter or digit (a continuation may glue onto it)."""
+    size = len(tokenizer)
+    continues_word = torch.zeros(size, dtype=torch.bool)
+    ends_in_word = torch.zeros(size, dtype=torch.bool)
+    for token_id, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(size)))):
+        if not token:
+            continue
+        text = tokenizer.convert_tokens_to_string([token])
+        if text:
+            continues_word[token_id] = not token.startswith(_SPACE_MARKERS) and text[0].isalnum()
+            ends_in_word[token_id] = text[-1].isalnum()
+    return continues_word, ends_in_word
 
 
 @dataclass
@@ -68,11 +97,31 @@ class _MaskedObjective(Objective):
     prompt_sees_answer: bool = True
     shift: bool = False
     keep_sink: bool = False
+    mask_unit: Literal["token", "word"] = "token"
 
     def __post_init__(self):
         if self.keep_sink and not self.shift:
             raise RecipeError("objective.keep_sink = true needs shift: true (position 0, the sink, predicts "
                               "nothing); set shift: true or keep_sink: false")
+        if self.mask_unit not in ("token", "word"):
+            raise RecipeError(f"objective.mask_unit = {self.mask_unit!r}; use 'token' or 'word'")
+
+    def setup(self, special: SpecialTokens, tokenizer=None) -> None:
+        super().setup(special, tokenizer)
+        if self.mask_unit == "word":
+            if tokenizer is None:
+                raise RecipeError(f"objective.mask_unit = 'word' needs the tokenizer to find word boundaries; "
+                                  f"pass it to the collator or use mask_unit: token")
+            self.continues_word, self.ends_in_word = word_boundary_tables(tokenizer)
+
+    def word_starts(self, ids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Bool over `candidates` (sorted positions): True where a candidate begins a new word."""
+        starts = torch.ones(len(candidates), dtype=torch.bool)
+        if len(candidates) > 1:
+            previous, current = candidates[:-1], candidates[1:]
+            joined = ((current - previous) == 1) & self.continues_word[ids[current]] & self.ends_in_word[ids[previous]]
+            starts[1:] = ~joined
+        return starts
 
     def _ids_and_prompt_length(self, example: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """The example's ids, with start tokens put in front where the first content token could
@@ -109,12 +158,17 @@ class _MaskedObjective(Objective):
     def masked_row(self, example: dict[str, Any], rate: float, generator: torch.Generator) -> Row:
         ids, prompt_length = self._ids_and_prompt_length(example)
         candidates = self.maskable(ids, prompt_length).nonzero().flatten()
-        num_maskable = len(candidates)
+        # The units a draw picks: each candidate token alone, or whole words.
+        if self.mask_unit == "word":
+            unit_of = torch.cumsum(self.word_starts(ids, candidates).long(), 0) - 1
+        else:
+            unit_of = torch.arange(len(candidates))
+        num_maskable = int(unit_of[-1]) + 1 if len(candidates) else 0
         num_masked = min(max(stochastic_round(rate * num_maskable, generator), self.min_masked), num_maskable)
-        chosen = candidates[torch.randperm(num_maskable, generator=generator)[:num_masked]]
+        chosen_units = torch.randperm(num_maskable, generator=generator)[:num_masked]
 
         masked = torch.zeros_like(ids, dtype=torch.bool)
-        masked[chosen] = True
+        masked[candidates[torch.isin(unit_of, chosen_units)]] = True
         labels = torch.where(masked, ids, IGNORE)
         weights = masked.float() * self.token_weight(num_masked, num_maskable)
         if self.shift:  # the logits at i-1 predict the masked token i
