@@ -502,25 +502,28 @@ def test_word_units_follow_spaces_and_punctuation():
     assert words == ["Born", " in", " Drellstad", ",", " a", " town", " by", " Drellstad", ".", "</s>"]
 
 
-def test_word_masking_hides_whole_words_at_a_uniform_word_rate():
+def test_word_masking_hides_words_whole_or_from_a_cut_at_a_uniform_word_rate():
     objective, tokenizer, ids = word_objective(weighting="1/r")
     example = {"input_ids": ids, "prompt_length": 0}
     drellstad = [[6, 7, 8], [13, 14, 15]]  # the positions of both " Dr" "ell" "stad"
     assert all(tokenizer.decode([ids[i] for i in word]) == " Drellstad" for word in drellstad)
+    words = torch.cumsum(objective.word_starts(torch.tensor(ids), torch.arange(1, len(ids))).long(), 0)
     num_words = 10  # Born, in, Drellstad, ",", a, town, by, Drellstad, ".", EOS
-    fractions, seen_partly_visible = [], False
+    assert int(words[-1]) == num_words
+    fractions, patterns = [], set()
     for seed in range(400):
         row = one_row(objective, example, seed)
         masked = row.input_ids == tokenizer.mask_token_id
         for word in drellstad:
-            assert masked[word].all() or not masked[word].any(), f"seed {seed}: a word half masked"
-        seen_partly_visible |= bool(masked[drellstad[0]].all() and not masked[drellstad[1]].any())
-        num_masked_words = sum(1 for i, start in enumerate(objective.word_starts(torch.tensor(ids), torch.arange(1, len(ids))))
-                               if start and masked[i + 1])
+            pattern = tuple(masked[word].tolist())
+            assert pattern in {(False, False, False), (True, True, True), (False, True, True), (False, False, True)}, \
+                f"seed {seed}: {pattern} is not a word masked from a cut to its end"
+            patterns.add(pattern)
+        num_masked_words = len(set(words[masked[1:]].tolist()))
         fractions.append(num_masked_words / num_words)
         # the 1/r weight counts words: D/m with D = 10 words
         assert torch.allclose(row.weights[row.labels != IGNORE], torch.tensor(num_words / num_masked_words))
-    assert seen_partly_visible  # one occurrence masked, the other left visible
+    assert len(patterns) == 4  # whole, from either later token, and not at all all occur
     assert np.mean(fractions) == pytest.approx(0.5, abs=0.05)
 
 
