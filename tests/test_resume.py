@@ -46,9 +46,22 @@ RECIPE = tiny_recipe(save_strategy="steps", save_steps=10, save_total_limit=2)
 # waits (after every save of the steps before it has ended): the test decides when it may go on, so
 # a fast machine cannot end it before the test acts on it. A test that fails before releasing it
 # leaves no process behind: the wait gives up after 10 minutes.
+# Ctrl-C reaches it as it reaches a terminal's foreground job: a test suite started as a background
+# job of a non-interactive shell (`bash .ci/run &`) inherits SIGINT ignored, and Python then raises
+# no KeyboardInterrupt. SIGUSR1 prints every thread's stack (`stacks_of`).
 # Arguments: hold, hold_from_step, then mft.train's own.
+def stacks_of(process: subprocess.Popen) -> str:
+    """Stop a HELD_RUN process that hangs, and return its stderr with every thread's stack."""
+    process.send_signal(signal.SIGUSR1)
+    time.sleep(2)
+    process.kill()
+    return process.communicate()[1][-4000:]
+
+
 HELD_RUN = textwrap.dedent("""
-    import os, sys, time
+    import faulthandler, os, signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a test that times out asks where it hangs
     from mft.trainer import MFTTrainer
     hold, hold_from_step = sys.argv[1], int(sys.argv[2])
     give_up = time.time() + 600

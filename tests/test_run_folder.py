@@ -18,7 +18,7 @@ import mft.data.tokenize
 from mft.run_folder import LOCK_FILE, OutputFolderLock, RunIdentity
 from mft.train import main
 
-from test_resume import HELD_RUN, tiny_recipe
+from test_resume import HELD_RUN, stacks_of, tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = tiny_recipe(max_steps=20, save_strategy="steps", save_steps=10, save_total_limit=2)
@@ -162,7 +162,10 @@ def test_ctrl_c_prints_one_line_with_the_command_that_resumes(tmp_path):
         assert process.poll() is None and time.time() < deadline
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"Ctrl-C did not end the run in 120 s; its stacks:\n{stacks_of(process)}")
     assert process.returncode == 130
     assert "Traceback" not in stderr
     line = stderr.strip().splitlines()[-1]

@@ -113,8 +113,8 @@ class _MaskedObjective(Objective):
         super().setup(special, tokenizer)
         if self.mask_unit == "word":
             if tokenizer is None:
-                raise RecipeError(f"objective.mask_unit = 'word' needs the tokenizer to find word boundaries; "
-                                  f"pass it to the collator or use mask_unit: token")
+                raise RecipeError("objective.mask_unit = 'word' needs the tokenizer to find word boundaries; "
+                                  "pass it to the collator or use mask_unit: token")
             self.continues_word, self.ends_in_word = word_boundary_tables(tokenizer)
 
     @staticmethod
