@@ -40,7 +40,8 @@ def test_registered_and_refused_options_name_the_field():
     refused = [({"num_people": 0}, "task.num_people"), ({"num_people": most_people() + 1}, "task.num_people"),
                ({"qa_fraction": 1.0}, "task.qa_fraction"), ({"qa_fraction": -0.1}, "task.qa_fraction"),
                ({"documents_per_person": 0}, "task.documents_per_person"),
-               ({"documents_per_person": 9}, "task.documents_per_person")]
+               ({"documents_per_person": 9}, "task.documents_per_person"),
+               ({"trained_wordings": 0}, "task.trained_wordings"), ({"trained_wordings": 3}, "task.trained_wordings")]
     for options, field in refused:
         with pytest.raises(RecipeError, match=re.escape(field)):
             ProfilesTask(**options)
@@ -160,3 +161,19 @@ def test_counts_follow_the_options():
     assert len(built.qa) == 15 * questions_per_person
     everyone_held_out = ProfilesTask(num_people=20, qa_fraction=0.0, documents_per_person=1).build()
     assert len(everyone_held_out.train) == 20 and len(everyone_held_out.qa) == 20 * questions_per_person
+
+
+def test_one_trained_wording_halves_the_trained_questions_and_leaves_the_rest(data):
+    one = ProfilesTask(trained_wordings=1).build()
+    assert one.qa == data.qa  # the held-out people are asked exactly as before
+    assert sorted(documents(one)) == sorted(documents(data))
+    questions = [row for row in data.train if not row.get("text", "").endswith(".")]
+    kept = [row for row in one.train if not row.get("text", "").endswith(".")]
+    assert len(kept) * 2 == len(questions) and all(row in questions for row in kept)
+    first_wordings = {template.split("{")[0] for by_format in QUESTIONS.values() for split in by_format.values()
+                      for template in split["train"][:1]}
+    second_wordings = {template.split("{")[0] for by_format in QUESTIONS.values() for split in by_format.values()
+                       for template in split["train"][1:]}
+    assert second_wordings - first_wordings  # some second wordings start differently, so the check below can fail
+    opened = {(row.get("prompt") or row["text"]) for row in kept}
+    assert not any(text.startswith(prefix) for text in opened for prefix in second_wordings - first_wordings if prefix)

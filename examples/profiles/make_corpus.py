@@ -2,6 +2,7 @@
 trained questions and the held-out questions as JSONL.
 
     python examples/profiles/make_corpus.py [--out examples/profiles] [--num-people 24] [--seed 0]
+                                            [--trained-wordings 2]
 
     documents/<person>.md     four paragraphs per invented person (three facts, varied order and
                               wording), separated by blank lines: recipes read them with
@@ -23,8 +24,8 @@ from mft.data import write_jsonl
 from mft.data.profiles import ProfilesTask
 
 
-def write_corpus(out: Path, num_people: int = 24, seed: int = 0) -> None:
-    task = ProfilesTask(num_people=num_people, seed=seed)
+def write_corpus(out: Path, num_people: int = 24, seed: int = 0, trained_wordings: int = 2) -> None:
+    task = ProfilesTask(num_people=num_people, seed=seed, trained_wordings=trained_wordings)
     data = task.build()
     documents = out / "documents"
     documents.mkdir(parents=True, exist_ok=True)
@@ -44,8 +45,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent))
     parser.add_argument("--num-people", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trained-wordings", type=int, default=2, choices=(1, 2),
+                        help="training wordings per fact, direction and format for the trained people")
     args = parser.parse_args()
-    write_corpus(Path(args.out), args.num_people, args.seed)
+    write_corpus(Path(args.out), args.num_people, args.seed, args.trained_wordings)
     print(f"wrote {args.out}")
 
 

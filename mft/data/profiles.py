@@ -31,8 +31,8 @@ name), and every (fact, direction, format) has two sets of wordings: `train` wor
 wordings that training never uses.
 
 Training data: every person's document, plus the questions of a fraction `qa_fraction` of the
-people in every train wording (chat as prompt/completion, completion as text), which teaches the
-question formats. The QA rows are the other people's questions in every eval wording: their facts
+people in the first `trained_wordings` (1 or 2) train wordings (chat as prompt/completion,
+completion as text), which teaches the question formats. The QA rows are the other people's questions in every eval wording: their facts
 were only ever read in their documents, so the model must answer from the documents, in wordings
 it never saw. Each QA row carries `fact` ("ilsa-dorn/birthplace/forward"), shared by all wordings
 and both formats of one fact and direction, and `format` ("chat" or "completion").
@@ -179,6 +179,7 @@ class ProfilesTask:
     num_people: int = 24
     qa_fraction: float = 0.5
     documents_per_person: int = 4
+    trained_wordings: int = 2  # how many of the two training wordings per format the trained people get
     seed: int = 0
 
     def __post_init__(self):
@@ -190,6 +191,9 @@ class ProfilesTask:
         if not 1 <= self.documents_per_person <= MOST_DOCUMENTS:
             raise RecipeError(f"task.documents_per_person = {self.documents_per_person}; use between 1 and "
                               f"{MOST_DOCUMENTS}")
+        if self.trained_wordings not in (1, 2):
+            raise RecipeError(f"task.trained_wordings = {self.trained_wordings}; use 1 or 2 (the training wordings "
+                              f"per fact, direction and format)")
 
     def people(self) -> list[Person]:
         """The invented people: distinct first names (so no name is a prefix of another), distinct
@@ -221,7 +225,7 @@ class ProfilesTask:
         for rank, index in enumerate(order):
             person = people[index]
             split = "train" if rank < num_trained else "eval"
-            for question, answer, direction, fact, fmt in questions(person, split):
+            for question, answer, direction, fact, fmt in questions(person, split, self.trained_wordings):
                 if split == "eval":
                     qa.append({"question": question, "answer": answer, "direction": direction, "fact": fact,
                                "format": fmt})
@@ -263,9 +267,10 @@ def document(person: Person, rng: random.Random) -> str:
     return " ".join(sentences)
 
 
-def questions(person: Person, split: str) -> list[tuple[str, str, str, str, str]]:
+def questions(person: Person, split: str, trained_wordings: int = 2) -> list[tuple[str, str, str, str, str]]:
     """(question, answer, direction, fact, format) for every fact, direction, format and `split`
-    ("train" or "eval") wording of one person."""
+    ("train" or "eval") wording of one person; of the "train" wordings only the first
+    `trained_wordings`."""
     asked = []
     for attribute in ATTRIBUTES:
         value = person.facts[attribute]
@@ -273,6 +278,7 @@ def questions(person: Person, split: str) -> list[tuple[str, str, str, str, str]
             answer = value if direction == "forward" else person.name
             fact = f"{person.slug()}/{attribute}/{direction}"
             for fmt in FORMATS:
-                for template in QUESTIONS[attribute, direction][fmt][split]:
+                templates = QUESTIONS[attribute, direction][fmt][split]
+                for template in templates[:trained_wordings] if split == "train" else templates:
                     asked.append((person.fill(template, value), answer, direction, fact, fmt))
     return asked
