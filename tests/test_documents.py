@@ -219,16 +219,19 @@ def test_the_committed_profiles_corpus_is_what_the_script_writes(tmp_path):
         assert (committed / relative).read_text() == (tmp_path / relative).read_text(), relative
 
 
-@pytest.mark.parametrize("recipe", ["profiles_ar", "profiles_masked", "profiles_mlmu"])
-def test_the_profiles_recipes_read_the_documents_folder(recipe):
+@pytest.mark.parametrize("recipe, passes, questions", [("profiles_ar", 1, 288), ("profiles_masked", 1, 288),
+                                                       ("profiles_mlmu", 5, 144)])
+def test_the_profiles_recipes_read_the_documents_folder(recipe, passes, questions):
     from mft.config import load_recipe
 
     data = mft.train.load_data(load_recipe(ROOT / "recipes" / f"{recipe}.yaml"))
     documents = [row for row in data.train if row.get("text", "").endswith(".")]
-    # every file holds 4 paragraphs, each a row of its own through data.split: paragraph
-    assert len(documents) == 4 * 24 and all(row["text"].count(". ") >= 2 for row in documents)
-    assert len(data.train) == 4 * 24 + 288 and len(data.qa) == 288
+    # every file holds 4 paragraphs, each a row of its own through data.split: paragraph; a folder
+    # listed n times is read n times
+    assert len(documents) == passes * 4 * 24 and all(row["text"].count(". ") >= 2 for row in documents)
+    assert len(data.train) == passes * 4 * 24 + questions and len(data.qa) == 288
     from mft.data.profiles import ProfilesTask
     task = ProfilesTask()
-    assert sorted(row["text"] for row in documents) == sorted(text for texts in task.documents().values() for text in texts)
+    assert sorted(row["text"] for row in documents) == sorted(passes * [text for texts in task.documents().values()
+                                                                        for text in texts])
     assert {row["format"] for row in data.qa} == {"chat", "completion"}

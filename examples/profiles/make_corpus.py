@@ -2,17 +2,19 @@
 trained questions and the held-out questions as JSONL.
 
     python examples/profiles/make_corpus.py [--out examples/profiles] [--num-people 24] [--seed 0]
-                                            [--trained-wordings 2]
 
     documents/<person>.md     four paragraphs per invented person (three facts, varied order and
                               wording), separated by blank lines: recipes read them with
                               `data.split: paragraph`
     trained_questions.jsonl   the questions of half the people, in the training wordings: chat rows
                               {"prompt", "completion"} and completion-format rows {"text"}
+    trained_questions_one_wording.jsonl
+                              the same with only the first training wording per fact, direction
+                              and format (half the rows: more of each epoch goes to the documents)
     qa.jsonl                  the other people's questions in wordings training never uses, chat
                               and completion format, with "fact" ids (see mft.data.profiles)
 
-The recipes `recipes/profiles_*.yaml` train on `documents/` and `trained_questions.jsonl`.
+The recipes `recipes/profiles_*.yaml` train on `documents/` and one of the question files.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from mft.data import write_jsonl
 from mft.data.profiles import ProfilesTask
 
 
-def write_corpus(out: Path, num_people: int = 24, seed: int = 0, trained_wordings: int = 2) -> None:
-    task = ProfilesTask(num_people=num_people, seed=seed, trained_wordings=trained_wordings)
+def write_corpus(out: Path, num_people: int = 24, seed: int = 0) -> None:
+    task = ProfilesTask(num_people=num_people, seed=seed)
     data = task.build()
     documents = out / "documents"
     documents.mkdir(parents=True, exist_ok=True)
@@ -35,8 +37,9 @@ def write_corpus(out: Path, num_people: int = 24, seed: int = 0, trained_wording
     for person in task.people():
         (documents / f"{person.slug()}.md").write_text("\n\n".join(texts[person.name]) + "\n", encoding="utf-8")
     written = {text for paragraphs in texts.values() for text in paragraphs}
-    questions = [row for row in data.train if row.get("text") not in written]
-    write_jsonl(out / "trained_questions.jsonl", questions)
+    for name, trained_wordings in (("trained_questions.jsonl", 2), ("trained_questions_one_wording.jsonl", 1)):
+        train = ProfilesTask(num_people=num_people, seed=seed, trained_wordings=trained_wordings).build().train
+        write_jsonl(out / name, [row for row in train if row.get("text") not in written])
     write_jsonl(out / "qa.jsonl", data.qa)
 
 
@@ -45,10 +48,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent))
     parser.add_argument("--num-people", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--trained-wordings", type=int, default=2, choices=(1, 2),
-                        help="training wordings per fact, direction and format for the trained people")
     args = parser.parse_args()
-    write_corpus(Path(args.out), args.num_people, args.seed, args.trained_wordings)
+    write_corpus(Path(args.out), args.num_people, args.seed)
     print(f"wrote {args.out}")
 
 
