@@ -6,8 +6,8 @@
 RUN is a model trained on the profiles corpus with a masked objective (a run folder, `mft.load`
 reads it). The corpus is rebuilt from `mft.data.profiles.ProfilesTask` with its defaults, the one
 `examples/profiles/make_corpus.py` writes; the people whose questions `--qa` asks are "held out",
-the others "trained" (scored only with `--trained`: it doubles the time, about 10 minutes per run
-on 2 cores for the held-out people alone: 14 min where the quickstart trains in 171 s).
+the others "trained" (scored only with `--trained`, which doubles the time: the held-out people
+alone take 14 minutes on 2 cores where the quickstart trains in 171 s).
 
 Each of a person's paragraphs is shown with one fact's answer hidden by mask tokens, and every
 candidate answer of that kind (all 24 names backward; all 24 values of the attribute forward) is
