@@ -28,7 +28,6 @@ from mft.data.profiles import ProfilesTask
 
 def write_corpus(out: Path, num_people: int = 24, seed: int = 0) -> None:
     task = ProfilesTask(num_people=num_people, seed=seed)
-    data = task.build()
     documents = out / "documents"
     documents.mkdir(parents=True, exist_ok=True)
     for old in documents.glob("*.md"):
@@ -38,9 +37,9 @@ def write_corpus(out: Path, num_people: int = 24, seed: int = 0) -> None:
         (documents / f"{person.slug()}.md").write_text("\n\n".join(texts[person.name]) + "\n", encoding="utf-8")
     written = {text for paragraphs in texts.values() for text in paragraphs}
     for name, trained_wordings in (("trained_questions.jsonl", 2), ("trained_questions_one_wording.jsonl", 1)):
-        train = ProfilesTask(num_people=num_people, seed=seed, trained_wordings=trained_wordings).build().train
-        write_jsonl(out / name, [row for row in train if row.get("text") not in written])
-    write_jsonl(out / "qa.jsonl", data.qa)
+        data = ProfilesTask(num_people=num_people, seed=seed, trained_wordings=trained_wordings).build()
+        write_jsonl(out / name, [row for row in data.train if row.get("text") not in written])
+    write_jsonl(out / "qa.jsonl", data.qa)  # the same for either wording count
 
 
 def main() -> None:
