@@ -462,6 +462,7 @@ def subword_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     merges = [("Ġ", "D"), ("ĠD", "r"), ("e", "l"), ("el", "l"), ("s", "t"), ("st", "a"), ("sta", "d"),
+              ("Ġ", "A"), ("ĠA", "n"), ("ĠAn", "n"), ("Ġ", "S"), ("ĠS", "o"),
               ("Ġ", "a"), ("Ġ", "t"), ("Ġt", "o"), ("Ġto", "w"), ("Ġtow", "n"), ("Ġ", "b"), ("Ġb", "y"), ("Ġ", "i"), ("Ġi", "n")]
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {token: i for i, token in enumerate(["<pad>", "<s>", "</s>", "<mask>", *alphabet])}
@@ -525,6 +526,62 @@ def test_word_masking_hides_words_whole_or_from_a_cut_at_a_uniform_word_rate():
         assert torch.allclose(row.weights[row.labels != IGNORE], torch.tensor(num_words / num_masked_words))
     assert len(patterns) == 4  # whole, from either later token, and not at all all occur
     assert np.mean(fractions) == pytest.approx(0.5, abs=0.05)
+
+
+NAME_TEXT = "Years later, Ann Dre founded the Dr Society."
+
+
+def test_name_units_are_runs_of_capitalized_words_and_other_tokens_stand_alone():
+    tokenizer = subword_tokenizer()
+    objective = MLMU(mask_unit="name")
+    objective.setup(SpecialTokens.from_tokenizer(tokenizer), tokenizer)
+    ids = torch.tensor([tokenizer.bos_token_id, *tokenizer(NAME_TEXT, add_special_tokens=False)["input_ids"]])
+    positions = torch.arange(1, len(ids))
+    units, current = [], []
+    for position, starts_unit in zip(positions.tolist(), objective.unit_starts(ids, positions).tolist()):
+        if starts_unit and current:
+            units.append(tokenizer.decode(current))
+            current = []
+        current.append(int(ids[position]))
+    units.append(tokenizer.decode(current))
+    # "Years" is capitalized (one unit); "later" is not (a token per letter here); the two names are
+    # one unit each, the space before a name's first word included, the full stop not.
+    assert units == ["Years", " ", "l", "a", "t", "e", "r", ",", " Ann Dre", " ", "f", "o", "u", "n", "d", "e", "d",
+                     " t", "h", "e", " Dr Society", "."]
+    assert len(tokenizer(" Ann Dre")["input_ids"]) == 3  # " Ann" "ĠDr" "e": a name of several tokens
+
+
+def test_name_masking_hides_a_name_whole_or_from_a_cut_and_counts_units():
+    tokenizer = subword_tokenizer()
+    objective = MLMU(mask_unit="name", weighting="1/r")
+    objective.setup(SpecialTokens.from_tokenizer(tokenizer), tokenizer)
+    ids = [tokenizer.bos_token_id, *tokenizer(NAME_TEXT, add_special_tokens=False)["input_ids"]]
+    positions = torch.arange(1, len(ids))
+    unit_of = torch.cumsum(objective.unit_starts(torch.tensor(ids), positions).long(), 0) - 1
+    num_units = int(unit_of[-1]) + 1
+    person = positions[unit_of == 8].tolist()  # " Ann Dre"
+    society = positions[unit_of == 20].tolist()  # " Dr Society"
+    assert tokenizer.decode([ids[i] for i in person]) == " Ann Dre" and len(person) == 3
+    assert tokenizer.decode([ids[i] for i in society]) == " Dr Society"
+    cuts, fractions, person_hidden_society_visible, draws = set(), [], 0, 600
+    for seed in range(draws):
+        row = one_row(objective, example={"input_ids": ids, "prompt_length": 0}, seed=seed)
+        masked = (row.input_ids == tokenizer.mask_token_id).tolist()
+        pattern = [masked[i] for i in person]
+        cut = pattern.index(True) if True in pattern else len(pattern)
+        assert pattern == [False] * cut + [True] * (len(pattern) - cut), \
+            f"seed {seed}: {pattern} is not a name masked from a cut to its end"
+        cuts.add(cut)
+        person_hidden_society_visible += cut == 0 and not any(masked[i] for i in society)
+        # the 1/r weight counts units: D/m with D = 22 units
+        num_masked_units = len(set(unit_of[torch.tensor(masked[1:])].tolist()))
+        assert torch.allclose(row.weights[row.labels != IGNORE], torch.tensor(num_units / num_masked_units))
+        fractions.append(num_masked_units / num_units)
+    assert cuts == {0, 1, 2, 3}  # whole, from either later token, and not at all
+    assert np.mean(fractions) == pytest.approx(0.5, abs=0.05)
+    # E[r/2 (1 - r)] = 1/12: the person hidden whole beside the visible society, the pair a backward
+    # question asks about; token by token (7 tokens hidden or shown as needed) it would be about 1/300
+    assert person_hidden_society_visible / draws == pytest.approx(1 / 12, abs=0.03)
 
 
 def test_word_masking_needs_the_tokenizer():

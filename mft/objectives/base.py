@@ -179,7 +179,7 @@ class Objective:
 
     # What `setup` gives an objective; reading one of them before `setup` says so.
     _SET_UP_BY_SETUP: ClassVar[frozenset[str]] = frozenset({"special", "prefix", "middle", "open_ids", "close_ids",
-                                                               "continues_word", "ends_in_word"})
+                                                               "continues_word", "ends_in_word", "starts_upper"})
 
     def __getattr__(self, attribute: str):
         # Only reached for attributes that are not set.
