@@ -372,6 +372,7 @@ def test_example_generator_drives_objective_reproducibly():
     (lambda: MLMU(low=0.8, high=0.2), "high"),
     (lambda: MLMU(weighting="1/r^2"), "weighting"),
     (lambda: MLMU(mask_unit="sentence"), "mask_unit"),
+    (lambda: MLMU(mask_unit="name", whole_unit=1.5), "whole_unit"),
 ])
 def test_invalid_options_raise(make, field):
     with pytest.raises(ValueError, match=rf"\b{field}\b"):
@@ -582,6 +583,29 @@ def test_name_masking_hides_a_name_whole_or_from_a_cut_and_counts_units():
     # E[r/2 (1 - r)] = 1/12: the person hidden whole beside the visible society, the pair a backward
     # question asks about; token by token (7 tokens hidden or shown as needed) it would be about 1/300
     assert person_hidden_society_visible / draws == pytest.approx(1 / 12, abs=0.03)
+
+
+@pytest.mark.parametrize("whole_unit, cuts_seen", [(1.0, {0, 3}), (0.0, {1, 2, 3})])
+def test_whole_unit_is_how_often_a_chosen_name_is_hidden_whole(whole_unit, cuts_seen):
+    tokenizer = subword_tokenizer()
+    objective = MLMU(mask_unit="name", whole_unit=whole_unit)
+    objective.setup(SpecialTokens.from_tokenizer(tokenizer), tokenizer)
+    ids = [tokenizer.bos_token_id, *tokenizer(NAME_TEXT, add_special_tokens=False)["input_ids"]]
+    unit_of = torch.cumsum(objective.unit_starts(torch.tensor(ids), torch.arange(1, len(ids))).long(), 0) - 1
+    person = (torch.nonzero(unit_of == 8).flatten() + 1).tolist()    # " Ann Dre", 3 tokens
+    society = (torch.nonzero(unit_of == 20).flatten() + 1).tolist()  # " Dr Society"
+    cuts, pairs, draws = set(), 0, 1500
+    for seed in range(draws):
+        masked = (one_row(objective, {"input_ids": ids, "prompt_length": 0}, seed).input_ids
+                  == tokenizer.mask_token_id).tolist()
+        pattern = [masked[i] for i in person]
+        cut = pattern.index(True) if True in pattern else len(pattern)
+        cuts.add(cut)
+        pairs += cut == 0 and not any(masked[i] for i in society)
+    assert cuts == cuts_seen  # 3 = not chosen; 0 = hidden whole; 1, 2 = from a later cut
+    # the person hidden whole beside the visible society: E[r w (1 - r)] = w/6, times (D+1)/D for
+    # m of the D = 22 units drawn without replacement
+    assert pairs / draws == pytest.approx(whole_unit / 6 * 23 / 22, abs=0.025)
 
 
 def test_word_masking_needs_the_tokenizer():

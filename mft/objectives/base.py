@@ -95,9 +95,9 @@ class SpecialTokens:
 
 
 def check_rate(field: str, value: float) -> None:
-    """A masking rate or ratio must lie in [0, 1]."""
+    """A masking rate, ratio or probability must lie in [0, 1]."""
     if not 0.0 <= value <= 1.0:
-        raise RecipeError(f"objective.{field} = {value} is outside [0, 1]; use a masking rate between 0 and 1")
+        raise RecipeError(f"objective.{field} = {value} is outside [0, 1]; use a value between 0 and 1")
 
 
 def check_rate_range(low: float, high: float) -> None:

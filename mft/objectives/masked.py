@@ -58,6 +58,11 @@ value is visible. Drawn token by token at rate r, a 4-token name is hidden whole
 left visible with probability E[r^4 (1-r)^3] = 1/280; as units, E[r/2 (1-r)] = 1/12 (the 1/2 is the
 cut), 23 times as often. Capitalization is the heuristic: sentence-initial words are units too
 ("Records", "She"), which costs nothing, and lower-case names are left as tokens.
+
+`whole_unit` (word and name units; default 0.5) is the probability that a chosen unit of several
+tokens is hidden whole rather than from a later cut. The pair above then occurs with probability
+E[r w (1-r)] = w/6; a cut trains the rest of a half-written name, a whole unit its first token,
+which is the one a backward answer hinges on.
 """
 
 from __future__ import annotations
@@ -115,6 +120,7 @@ class _MaskedObjective(Objective):
     shift: bool = False
     keep_sink: bool = False
     mask_unit: Literal["token", "word", "name"] = "token"
+    whole_unit: float = 0.5
 
     def __post_init__(self):
         if self.keep_sink and not self.shift:
@@ -122,6 +128,7 @@ class _MaskedObjective(Objective):
                               "nothing); set shift: true or keep_sink: false")
         if self.mask_unit not in ("token", "word", "name"):
             raise RecipeError(f"objective.mask_unit = {self.mask_unit!r}; use 'token', 'word' or 'name'")
+        check_rate("whole_unit", self.whole_unit)
 
     def setup(self, special: SpecialTokens, tokenizer=None) -> None:
         super().setup(special, tokenizer)
@@ -131,12 +138,11 @@ class _MaskedObjective(Objective):
                                   "boundaries; pass it to the collator or use mask_unit: token")
             self.continues_word, self.ends_in_word, self.starts_upper = word_boundary_tables(tokenizer)
 
-    @staticmethod
-    def _from_cut_to_unit_end(unit_of: torch.Tensor, num_units: int, generator: torch.Generator) -> torch.Tensor:
+    def _from_cut_to_unit_end(self, unit_of: torch.Tensor, num_units: int, generator: torch.Generator) -> torch.Tensor:
         """Bool over the candidates: True from each unit's cut on. The cut is the unit's first token
-        with probability 1/2, else one of its later tokens, uniformly."""
+        with probability `whole_unit`, else one of its later tokens, uniformly."""
         lengths = torch.bincount(unit_of, minlength=num_units)
-        whole = torch.rand(num_units, generator=generator) < 0.5
+        whole = torch.rand(num_units, generator=generator) < self.whole_unit
         later = 1 + (torch.rand(num_units, generator=generator) * (lengths - 1)).long()
         cut = torch.where(whole | (lengths == 1), 0, later)
         first_index = torch.cumsum(lengths, 0) - lengths
