@@ -61,8 +61,9 @@ cut), 23 times as often. Capitalization is the heuristic: sentence-initial words
 
 `whole_unit` (word and name units; default 0.5) is the probability that a chosen unit of several
 tokens is hidden whole rather than from a later cut. The pair above then occurs with probability
-E[r w (1-r)] = w/6; a cut trains the rest of a half-written name, a whole unit its first token,
-which is the one a backward answer hinges on.
+E[r w (1-r)] = w/6. A whole unit trains a name's first token, the one a backward answer hinges on;
+a cut trains the rest of a half-written name, which left-to-right decoding needs (0.75 lost
+backward completions on the profiles demo against 0.5, BENCHMARKS.md).
 """
 
 from __future__ import annotations
