@@ -268,6 +268,12 @@ class MLMU(_MaskedObjective):
     every rate means seeing every split of a sequence into context and prediction, which is what
     makes the objective factorization-agnostic (in expectation it equals permutation LM).
 
+    `low`, `high` (default 0, 1): a range around 0.5 keeps the mean rate but trains more of the
+    predictions that two facts of one sequence need of each other: a pair of units is split into one
+    masked and one visible with probability 2r(1-r), 1/3 on average under U(0, 1) and 0.46 under
+    U(0.25, 0.75). What it gives up: the near-empty contexts (r near 1) and the near-full ones (r near
+    0), so it no longer equals permutation LM in expectation (the profiles demo, BENCHMARKS.md).
+
     Weights (`weighting`):
       "1/r"      w_i = D/m = 1/r for each masked token: the factorization-curse paper's Eq. 5, the
                  ELBO of an absorbing-state diffusion model. Since sum_i w_i = D for every sequence,
