@@ -11,6 +11,10 @@ import logging
 # bitsandbytes warns at import, on every run, that it could not fetch an optional CPU kernel from
 # the Hub (the `kernels` package); its built-in fallback is used and QLoRA works, so say nothing.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# On CPUs with AVX512-BF16 that fetch goes through `kernels`, which in offline mode (HF_HUB_OFFLINE)
+# warns that it cannot check the kernel's publisher: a second stray line before any of mft's one-line
+# errors, about a kernel mft never asked for. Only that message is dropped.
+logging.getLogger("kernels._internals.hf_hub").addFilter(lambda record: "publisher trust check" not in record.getMessage())
 
 __version__ = "0.1.0"
 
