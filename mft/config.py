@@ -147,6 +147,11 @@ class DataFiles:
     models) or "completion" (a raw text prefix the model continues). `qa_format` sets the format of
     every row of the file.
 
+    `answer_space`: tokenize the answers of chat-format training rows after a space, as their words
+    are in running text. SmolLM2's chat answers otherwise start a word on a token the documents never
+    show ("T" "arv" "mere" against " T" "arv" "mere"), so a fact read in a document is asked for in
+    other tokens. Answers are compared without surrounding whitespace, so evaluation is unchanged.
+
     Forgetting: `retention_file` (text rows or .txt/.md) replaces mft's built-in neutral prompts,
     whose continuations by the base model are scored at every evaluation (the drift, nats per
     token); `replay: F` mixes that many retention texts per training example (a fraction) into
@@ -160,6 +165,7 @@ class DataFiles:
     window_overlap: int = 0
     qa_file: str | None = None
     qa_format: Literal["chat", "completion"] | None = None
+    answer_space: bool = False
     retention_file: str | None = None
     replay: float = 0.0
 

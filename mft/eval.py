@@ -32,7 +32,7 @@ from typing import Any
 
 from .training_args import MFTConfig, mft_option
 from .data.schema import DIRECTIONS, read_rows, validate_qa_row
-from .data.tokenize import encode_prompt
+from .data.tokenize import decode_answer, encode_prompt
 from .decoding import DecodingSpec, generate
 from .errors import RecipeError
 from .run_folder import checkpoints
@@ -104,7 +104,8 @@ def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str,
                            prompt_sees_answer=prompt_sees_answer)
     finally:
         model.train(was_training)
-    texts = [tokenizer.decode(answer, skip_special_tokens=True) for answer in answers]
+    texts = [decode_answer(tokenizer, answer, chat=item.get("format", "chat") == "chat")
+             for item, answer in zip(qa, answers)]
     right = [answers_match(text, item["answer"], item.get("format", "chat")) for item, text in zip(qa, texts)]
     if predictions is not None:
         predictions.extend({**item, "prediction": text, "exact_match": ok} for item, text, ok in zip(qa, texts, right))

@@ -51,7 +51,7 @@ class TrainedModel:
         the spec's. Prompts of different lengths are decoded together, `batch_size` at a time.
         `slots_only`, `threshold`, `prompt_cache`, `answer_cache`: masked decoding's speed options
         (`mft.decoding.generate`)."""
-        from .data.tokenize import encode_prompt
+        from .data.tokenize import decode_answer, encode_prompt
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         decoding = decoding or self.spec.decoding
@@ -67,7 +67,7 @@ class TrainedModel:
                                answer_cache=answer_cache)
         finally:
             self.model.train(was_training)
-        return [self.tokenizer.decode(answer, skip_special_tokens=True) for answer in answers]
+        return [decode_answer(self.tokenizer, answer, chat=format == "chat") for answer in answers]
 
     def save(self, folder: str | Path) -> None:
         """The model (weights as they are: an adapter stays an adapter), tokenizer and spec."""

@@ -76,7 +76,8 @@ def prepare(recipe: Recipe, data: TaskData | None = None, resume_from: str | Non
     limits = row_limits(recipe, tokenizer)
     has_text = any("text" in row for row in data.train)
     windowing = text_windowing(recipe, tokenizer, limits) if limits and has_text else None
-    train_dataset = windowed_dataset(tokenizer, data.train, windowing)
+    answer_space = recipe.data is not None and recipe.data.answer_space
+    train_dataset = windowed_dataset(tokenizer, data.train, windowing, answer_space)
     note = windowing_note(train_dataset, recipe.objective_name)
     if note:
         print(f"mft: {note}", flush=True)

@@ -12,8 +12,9 @@ import torch
 import mft.eval
 import mft.train
 from mft import cli
+from mft.config import load_recipe
 from mft.data.schema import load_data_files
-from mft.data.tokenize import encode_prompt
+from mft.data.tokenize import decode_answer, encode_prompt
 from mft.errors import RecipeError
 from mft.retention import RetentionSet, mean_nll
 
@@ -89,6 +90,55 @@ def test_completion_questions_reach_the_model_without_the_chat_template(chat_tok
     # a continuation is right when it starts with the answer; a chat answer must equal it
     assert results["forward"]["exact_match_completion"] == 1.0
     assert results["forward"]["exact_match_chat"] == 0.0
+
+
+def bpe_chat_tokenizer(texts: list[str]):
+    """A byte-level BPE tokenizer trained on `texts` (so, like SmolLM2's, it gives a word a different
+    first token after a space) with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["</s>", "<user>", "<assistant>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>",
+                                        additional_special_tokens=["<user>", "<assistant>"])
+    tokenizer.chat_template = ("{% for m in messages %}<user>{{ m['content'] }}{% endfor %}"
+                               "{% if add_generation_prompt %}<assistant>{% endif %}")
+    return tokenizer
+
+
+def test_answer_space_answers_in_the_tokens_of_the_documents(tmp_path):
+    document = "Alice was born in Tarvmere. Bob was born in Askerwick."
+    base = tiny_pretrained(tmp_path / "base")
+    tokenizer = bpe_chat_tokenizer([document, "Where was Alice born?"] * 20)
+    tokenizer.save_pretrained(base)  # prepare reads the tokenizer and the config, never the weights
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"text": document}, {"prompt": "Where was Alice born?", "completion": "Tarvmere"}]))
+
+    def answer_ids(*extra):
+        recipe = load_recipe(str(ROOT / "recipes" / "mistral_wiki.yaml"), [
+            f"model.name_or_path={base}", f"data.train_file={train}", "data.qa_file=null",
+            "training.eval_strategy=no", "training.use_cpu=true", "peft.method=full", *extra])
+        _, _, _, dataset = mft.train.prepare(recipe)
+        text_row, qa_row = dataset[0], dataset[1]
+        return text_row["input_ids"], qa_row["input_ids"][qa_row["prompt_length"]:-1]
+
+    document_ids, plain = answer_ids()
+    spaced_document_ids, spaced = answer_ids("data.answer_space=true")
+    assert spaced_document_ids == document_ids  # text rows are untouched
+    assert plain == tokenizer("Tarvmere", add_special_tokens=False)["input_ids"]
+    assert spaced == tokenizer(" Tarvmere", add_special_tokens=False)["input_ids"]
+    assert plain[0] != spaced[0]  # the first token is where they differ
+    occurs = lambda part, whole: any(whole[i:i + len(part)] == part for i in range(len(whole)))
+    assert occurs(spaced, document_ids) and not occurs(plain, document_ids)
+    # evaluation and mft.load(...).generate give a chat answer without the space, a completion with it
+    assert decode_answer(tokenizer, spaced) == "Tarvmere"
+    assert decode_answer(tokenizer, spaced, chat=False) == " Tarvmere"
 
 
 def test_fact_ids_and_borrowed_answers(monkeypatch):

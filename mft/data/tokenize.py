@@ -4,7 +4,8 @@ A row becomes  [bos] + prompt + completion + [eos]  with prompt_length = 1 + len
 the tokenizer starts sequences with one, belongs to the prompt). A text row has no prompt:
 prompt_length = 0. With a chat template (pretrained chat models), a prompt is the template's user
 turn plus the assistant header, and the completion is the assistant's answer ended by EOS; plain
-text rows stay plain text.
+text rows stay plain text. With `answer_space`, a chat answer is tokenized after a space, as its words
+are in running text (see `encode_completion`).
 """
 
 from __future__ import annotations
@@ -72,23 +73,36 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> list[int]:
     return bos_ids(tokenizer) + _encode(tokenizer, prompt)
 
 
-def encode_completion(tokenizer, prompt: str, completion: str) -> list[int]:
-    if uses_chat_template(tokenizer):  # the assistant turn starts on a fresh line
-        return _encode(tokenizer, completion)
-    # A separating space keeps BPE vocabularies on their usual word-initial tokens.
+def decode_answer(tokenizer, ids: list[int], chat: bool = True) -> str:
+    """A generated answer as text: a chat answer without surrounding whitespace (it stands alone, and
+    starts with a space when trained with `answer_space`); a completion as generated, its leading
+    space joining it to its prompt."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return text.strip() if chat else text
+
+
+def encode_completion(tokenizer, prompt: str, completion: str, answer_space: bool = False) -> list[int]:
+    """The completion's ids. Without a chat template, after a separating space: BPE vocabularies
+    give a word a different first token at the start of a text ("T" "arv" "mere") than after a space
+    (" T" "arv" "mere"), and the space keeps the completion on the word-initial tokens of running text.
+    A chat answer starts on the assistant turn's fresh line, with no space, unless `answer_space`:
+    then a fact learnt from documents is answered in the tokens the documents showed it in."""
+    if uses_chat_template(tokenizer):
+        space = " " if answer_space and not completion[:1].isspace() else ""
+        return _encode(tokenizer, space + completion)
     joiner = "" if not prompt or prompt[-1].isspace() else " "
     return _encode(tokenizer, joiner + completion)
 
 
-def encode_row(tokenizer, row: dict[str, Any]) -> dict[str, Any]:
+def encode_row(tokenizer, row: dict[str, Any], answer_space: bool = False) -> dict[str, Any]:
     """{"input_ids", "prompt_length"}, plus "entity_spans" (sorted [start, end) token spans) when the
-    row names its entities."""
+    row names its entities. `answer_space`: see `encode_completion`."""
     eos = [tokenizer.eos_token_id]
     if "text" in row:
         example = {"input_ids": bos_ids(tokenizer) + _encode(tokenizer, row["text"]) + eos, "prompt_length": 0}
     else:
         prompt = encode_prompt(tokenizer, row["prompt"])
-        completion = encode_completion(tokenizer, row["prompt"], row["completion"])
+        completion = encode_completion(tokenizer, row["prompt"], row["completion"], answer_space)
         example = {"input_ids": prompt + completion + eos, "prompt_length": len(prompt)}
     if row.get("entities"):
         example["entity_spans"] = entity_spans(tokenizer, example["input_ids"], row["entities"])
@@ -129,8 +143,8 @@ class TokenizedDataset(torch.utils.data.Dataset):
         self.epoch = 0
 
     @classmethod
-    def from_rows(cls, tokenizer, rows: list[dict[str, str]]) -> "TokenizedDataset":
-        return cls([encode_row(tokenizer, row) for row in rows])
+    def from_rows(cls, tokenizer, rows: list[dict[str, str]], answer_space: bool = False) -> "TokenizedDataset":
+        return cls([encode_row(tokenizer, row, answer_space) for row in rows])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
