@@ -148,9 +148,10 @@ class DataFiles:
     every row of the file.
 
     `answer_space`: tokenize the answers of chat-format training rows after a space, as their words
-    are in running text. SmolLM2's chat answers otherwise start a word on a token the documents never
-    show ("T" "arv" "mere" against " T" "arv" "mere"), so a fact read in a document is asked for in
-    other tokens. Answers are compared without surrounding whitespace, so evaluation is unchanged.
+    are in running text: true for every answer; auto for those the documents only show after a space
+    (`mft.data.tokenize.space_answers`). A chat answer otherwise starts a word on a token the
+    documents may never show (SmolLM2: "T" "arv" "mere" against " T" "arv" "mere"), so a fact read in
+    a document is asked for in other tokens. Answers are compared without surrounding whitespace.
 
     Forgetting: `retention_file` (text rows or .txt/.md) replaces mft's built-in neutral prompts,
     whose continuations by the base model are scored at every evaluation (the drift, nats per
@@ -165,7 +166,7 @@ class DataFiles:
     window_overlap: int = 0
     qa_file: str | None = None
     qa_format: Literal["chat", "completion"] | None = None
-    answer_space: bool = False
+    answer_space: bool | Literal["auto"] = False
     retention_file: str | None = None
     replay: float = 0.0
 

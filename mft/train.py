@@ -50,7 +50,7 @@ def prepare(recipe: Recipe, data: TaskData | None = None, resume_from: str | Non
     a prompt/completion row longer than it is refused."""
     from transformers import AutoTokenizer
 
-    from .data.tokenize import build_word_tokenizer, row_texts
+    from .data.tokenize import build_word_tokenizer, row_texts, space_answers
     from .data.windows import windowed_dataset, windowing_note
     from .models import load_tokenizer
     from .models.loading import ensure_pad_token
@@ -76,8 +76,8 @@ def prepare(recipe: Recipe, data: TaskData | None = None, resume_from: str | Non
     limits = row_limits(recipe, tokenizer)
     has_text = any("text" in row for row in data.train)
     windowing = text_windowing(recipe, tokenizer, limits) if limits and has_text else None
-    answer_space = recipe.data is not None and recipe.data.answer_space
-    train_dataset = windowed_dataset(tokenizer, data.train, windowing, answer_space)
+    rows = space_answers(tokenizer, data.train, recipe.data.answer_space) if recipe.data else data.train
+    train_dataset = windowed_dataset(tokenizer, rows, windowing)
     note = windowing_note(train_dataset, recipe.objective_name)
     if note:
         print(f"mft: {note}", flush=True)

@@ -112,33 +112,38 @@ def bpe_chat_tokenizer(texts: list[str]):
 
 
 def test_answer_space_answers_in_the_tokens_of_the_documents(tmp_path):
-    document = "Alice was born in Tarvmere. Bob was born in Askerwick."
+    documents = ["Alice was born in Tarvmere.", "Bob was born in Askerwick. Alice paints."]
     base = tiny_pretrained(tmp_path / "base")
-    tokenizer = bpe_chat_tokenizer([document, "Where was Alice born?"] * 20)
+    tokenizer = bpe_chat_tokenizer([*documents, "Where was Alice born? Who was born in Tarvmere?"] * 20)
     tokenizer.save_pretrained(base)  # prepare reads the tokenizer and the config, never the weights
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(row) + "\n" for row in [
-        {"text": document}, {"prompt": "Where was Alice born?", "completion": "Tarvmere"}]))
+        *({"text": text} for text in documents), {"prompt": "Where was Alice born?", "completion": "Tarvmere"},
+        {"prompt": "Who was born in Tarvmere?", "completion": "Alice"}]))
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def answer_ids(*extra):
+    def examples(*extra):
         recipe = load_recipe(str(ROOT / "recipes" / "mistral_wiki.yaml"), [
             f"model.name_or_path={base}", f"data.train_file={train}", "data.qa_file=null",
             "training.eval_strategy=no", "training.use_cpu=true", "peft.method=full", *extra])
         _, _, _, dataset = mft.train.prepare(recipe)
-        text_row, qa_row = dataset[0], dataset[1]
-        return text_row["input_ids"], qa_row["input_ids"][qa_row["prompt_length"]:-1]
+        texts = [dataset[i]["input_ids"] for i in range(2)]
+        answers = [dataset[i]["input_ids"][dataset[i]["prompt_length"]:-1] for i in range(2, 4)]
+        return texts, answers
 
-    document_ids, plain = answer_ids()
-    spaced_document_ids, spaced = answer_ids("data.answer_space=true")
-    assert spaced_document_ids == document_ids  # text rows are untouched
-    assert plain == tokenizer("Tarvmere", add_special_tokens=False)["input_ids"]
-    assert spaced == tokenizer(" Tarvmere", add_special_tokens=False)["input_ids"]
-    assert plain[0] != spaced[0]  # the first token is where they differ
-    occurs = lambda part, whole: any(whole[i:i + len(part)] == part for i in range(len(whole)))
-    assert occurs(spaced, document_ids) and not occurs(plain, document_ids)
+    texts, plain = examples()
+    assert plain == [encode("Tarvmere"), encode("Alice")]
+    texts_spaced, spaced = examples("data.answer_space=true")
+    assert texts_spaced == texts  # text rows are untouched
+    assert spaced == [encode(" Tarvmere"), encode(" Alice")] and spaced[0][0] != plain[0][0]
+    occurs = lambda part: any(text[i:i + len(part)] == part for text in texts for i in range(len(text)))
+    assert occurs(spaced[0]) and not occurs(plain[0])  # the town is only ever written after a space
+    assert occurs(plain[1]) and occurs(spaced[1])  # the name also opens a document
+    # auto: the town after a space, the name as written, because a document starts with it
+    assert examples("data.answer_space=auto")[1] == [spaced[0], plain[1]]
     # evaluation and mft.load(...).generate give a chat answer without the space, a completion with it
-    assert decode_answer(tokenizer, spaced) == "Tarvmere"
-    assert decode_answer(tokenizer, spaced, chat=False) == " Tarvmere"
+    assert decode_answer(tokenizer, spaced[0]) == "Tarvmere"
+    assert decode_answer(tokenizer, spaced[0], chat=False) == " Tarvmere"
 
 
 def test_fact_ids_and_borrowed_answers(monkeypatch):

@@ -4,8 +4,8 @@ A row becomes  [bos] + prompt + completion + [eos]  with prompt_length = 1 + len
 the tokenizer starts sequences with one, belongs to the prompt). A text row has no prompt:
 prompt_length = 0. With a chat template (pretrained chat models), a prompt is the template's user
 turn plus the assistant header, and the completion is the assistant's answer ended by EOS; plain
-text rows stay plain text. With `answer_space`, a chat answer is tokenized after a space, as its words
-are in running text (see `encode_completion`).
+text rows stay plain text. A chat answer may be written after a space, to be tokenized as its words are
+in running text (`space_answers`).
 """
 
 from __future__ import annotations
@@ -75,38 +75,61 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> list[int]:
 
 def decode_answer(tokenizer, ids: list[int], chat: bool = True) -> str:
     """A generated answer as text: a chat answer without surrounding whitespace (it stands alone, and
-    starts with a space when trained with `answer_space`); a completion as generated, its leading
+    starts with a space after `space_answers`); a completion as generated, its leading
     space joining it to its prompt."""
     text = tokenizer.decode(ids, skip_special_tokens=True)
     return text.strip() if chat else text
 
 
-def encode_completion(tokenizer, prompt: str, completion: str, answer_space: bool = False) -> list[int]:
+def encode_completion(tokenizer, prompt: str, completion: str) -> list[int]:
     """The completion's ids. Without a chat template, after a separating space: BPE vocabularies
     give a word a different first token at the start of a text ("T" "arv" "mere") than after a space
     (" T" "arv" "mere"), and the space keeps the completion on the word-initial tokens of running text.
-    A chat answer starts on the assistant turn's fresh line, with no space, unless `answer_space`:
-    then a fact learnt from documents is answered in the tokens the documents showed it in."""
+    A chat answer starts on the assistant turn's fresh line, as written (see `space_answers`)."""
     if uses_chat_template(tokenizer):
-        space = " " if answer_space and not completion[:1].isspace() else ""
-        return _encode(tokenizer, space + completion)
+        return _encode(tokenizer, completion)
     joiner = "" if not prompt or prompt[-1].isspace() else " "
     return _encode(tokenizer, joiner + completion)
 
 
-def encode_row(tokenizer, row: dict[str, Any], answer_space: bool = False) -> dict[str, Any]:
+def encode_row(tokenizer, row: dict[str, Any]) -> dict[str, Any]:
     """{"input_ids", "prompt_length"}, plus "entity_spans" (sorted [start, end) token spans) when the
-    row names its entities. `answer_space`: see `encode_completion`."""
+    row names its entities."""
     eos = [tokenizer.eos_token_id]
     if "text" in row:
         example = {"input_ids": bos_ids(tokenizer) + _encode(tokenizer, row["text"]) + eos, "prompt_length": 0}
     else:
         prompt = encode_prompt(tokenizer, row["prompt"])
-        completion = encode_completion(tokenizer, row["prompt"], row["completion"], answer_space)
+        completion = encode_completion(tokenizer, row["prompt"], row["completion"])
         example = {"input_ids": prompt + completion + eos, "prompt_length": len(prompt)}
     if row.get("entities"):
         example["entity_spans"] = entity_spans(tokenizer, example["input_ids"], row["entities"])
     return example
+
+
+def space_answers(tokenizer, rows: list[dict[str, Any]], answer_space: bool | str) -> list[dict[str, Any]]:
+    """`rows` with the chat answers that should start with a space written with one (`data.answer_space`).
+
+    A chat answer starts a fresh line, so BPE vocabularies write its first word on a token that running
+    text never uses: "Tarvmere" is "T" "arv" "mere" there but " T" "arv" "mere" in a document, and a
+    fact read in a document would be answered in tokens it was never read in. True: every answer after
+    a space. "auto": an answer after a space when the text rows show it that way only (its spaced
+    tokens occur in them, its plain tokens never do); an answer that also starts a text row (a name
+    opening a paragraph) stays as written. Rows of tokenizers without a chat template are returned
+    as they are (`encode_completion` already joins their completions with a space)."""
+    if not answer_space or not uses_chat_template(tokenizer):
+        return rows
+
+    answers = {row["completion"] for row in rows if "completion" in row and not row["completion"][:1].isspace()}
+    if answer_space == "auto":
+        # Token ids as characters, one string search per answer form over every text row; rows are
+        # joined by a character no token id maps to.
+        as_text = lambda ids: "".join(map(chr, ids))
+        corpus = chr(0x10FFFF).join(as_text(_encode(tokenizer, row["text"])) for row in rows if "text" in row)
+        answers = {answer for answer in answers if as_text(_encode(tokenizer, " " + answer)) in corpus
+                   and as_text(_encode(tokenizer, answer)) not in corpus}
+    return [{**row, "completion": " " + row["completion"]} if row.get("completion") in answers else row
+            for row in rows]
 
 
 def entity_spans(tokenizer, ids: list[int], entities: list[str]) -> list[list[int]]:
@@ -143,8 +166,8 @@ class TokenizedDataset(torch.utils.data.Dataset):
         self.epoch = 0
 
     @classmethod
-    def from_rows(cls, tokenizer, rows: list[dict[str, str]], answer_space: bool = False) -> "TokenizedDataset":
-        return cls([encode_row(tokenizer, row, answer_space) for row in rows])
+    def from_rows(cls, tokenizer, rows: list[dict[str, str]]) -> "TokenizedDataset":
+        return cls([encode_row(tokenizer, row) for row in rows])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -190,19 +190,16 @@ def window_document(tokenizer, row: dict[str, Any], windowing: Windowing, bos: l
                                                               sentence_end, word_start, overflow)]
 
 
-def windowed_dataset(tokenizer, rows: list[dict[str, Any]], windowing: Windowing | None,
-                     answer_space: bool = False) -> TokenizedDataset:
+def windowed_dataset(tokenizer, rows: list[dict[str, Any]], windowing: Windowing | None) -> TokenizedDataset:
     """`TokenizedDataset.from_rows` with every text row cut into windows (prompt/completion rows
     and, without `windowing`, every row: one example each). The dataset's `origins[i]` is
-    (row index, window index) of example i, and its `windowing` the rule it was cut by.
-    `answer_space`: see `mft.data.tokenize.encode_completion`."""
+    (row index, window index) of example i, and its `windowing` the rule it was cut by."""
     if windowing is None:
-        return TokenizedDataset.from_rows(tokenizer, rows, answer_space)
+        return TokenizedDataset.from_rows(tokenizer, rows)
     bos = bos_ids(tokenizer)
     examples, origins = [], []
     for index, row in enumerate(rows):
-        pieces = (window_document(tokenizer, row, windowing, bos) if "text" in row
-                  else [encode_row(tokenizer, row, answer_space)])
+        pieces = window_document(tokenizer, row, windowing, bos) if "text" in row else [encode_row(tokenizer, row)]
         examples.extend(pieces)
         origins.extend((index, window) for window in range(len(pieces)))
     dataset = TokenizedDataset(examples, origins)
