@@ -76,7 +76,13 @@ def prepare(recipe: Recipe, data: TaskData | None = None, resume_from: str | Non
     limits = row_limits(recipe, tokenizer)
     has_text = any("text" in row for row in data.train)
     windowing = text_windowing(recipe, tokenizer, limits) if limits and has_text else None
-    rows = space_answers(tokenizer, data.train, recipe.data.answer_space) if recipe.data else data.train
+    rows = data.train
+    if recipe.data is not None and recipe.data.answer_space:
+        rows = space_answers(tokenizer, data.train, recipe.data.answer_space)
+        spaced = sum(new is not old for new, old in zip(rows, data.train))
+        answers = sum("completion" in row for row in rows)
+        print(f"mft: data.answer_space = {recipe.data.answer_space}: {spaced} of {answers} chat answers trained "
+              f"after a space", flush=True)
     train_dataset = windowed_dataset(tokenizer, rows, windowing)
     note = windowing_note(train_dataset, recipe.objective_name)
     if note:

@@ -111,7 +111,7 @@ def bpe_chat_tokenizer(texts: list[str]):
     return tokenizer
 
 
-def test_answer_space_answers_in_the_tokens_of_the_documents(tmp_path):
+def test_answer_space_answers_in_the_tokens_of_the_documents(tmp_path, capsys):
     documents = ["Alice was born in Tarvmere.", "Bob was born in Askerwick. Alice paints."]
     base = tiny_pretrained(tmp_path / "base")
     tokenizer = bpe_chat_tokenizer([*documents, "Where was Alice born? Who was born in Tarvmere?"] * 20)
@@ -132,6 +132,7 @@ def test_answer_space_answers_in_the_tokens_of_the_documents(tmp_path):
         return texts, answers
 
     texts, plain = examples()
+    assert "answer_space" not in capsys.readouterr().out
     assert plain == [encode("Tarvmere"), encode("Alice")]
     texts_spaced, spaced = examples("data.answer_space=true")
     assert texts_spaced == texts  # text rows are untouched
@@ -141,6 +142,7 @@ def test_answer_space_answers_in_the_tokens_of_the_documents(tmp_path):
     assert occurs(plain[1]) and occurs(spaced[1])  # the name also opens a document
     # auto: the town after a space, the name as written, because a document starts with it
     assert examples("data.answer_space=auto")[1] == [spaced[0], plain[1]]
+    assert "data.answer_space = auto: 1 of 2 chat answers trained after a space" in capsys.readouterr().out
     # evaluation and mft.load(...).generate give a chat answer without the space, a completion with it
     assert decode_answer(tokenizer, spaced[0]) == "Tarvmere"
     assert decode_answer(tokenizer, spaced[0], chat=False) == " Tarvmere"
