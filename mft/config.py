@@ -131,7 +131,8 @@ class DataFiles:
     """Training data, as users keep it.
 
     `train_file`: a file, a list of files, or a folder (its files, sorted by name). JSONL or a JSON
-    list of rows {"text": ...} or {"prompt": ..., "completion": ...}; `.txt` and `.md` files are
+    list of rows {"text": ...} or {"prompt": ..., "completion": ...} (a prompt row may carry "format":
+    "completion" to be trained as a completion probe, without the chat template); `.txt` and `.md` files are
     documents: one per file, or one per blank-line-separated paragraph with `split: paragraph`.
     Or `train_dataset`: a `datasets` dataset with those columns, by Hub name or by the path of a
     dataset saved with `save_to_disk` (split `train_split`).

@@ -14,7 +14,7 @@ import mft.train
 from mft import cli
 from mft.config import load_recipe
 from mft.data.schema import load_data_files
-from mft.data.tokenize import decode_answer, encode_prompt
+from mft.data.tokenize import decode_answer, encode_prompt, encode_row, space_answers
 from mft.errors import RecipeError
 from mft.retention import RetentionSet, mean_nll
 
@@ -90,6 +90,28 @@ def test_completion_questions_reach_the_model_without_the_chat_template(chat_tok
     # a continuation is right when it starts with the answer; a chat answer must equal it
     assert results["forward"]["exact_match_completion"] == 1.0
     assert results["forward"]["exact_match_chat"] == 0.0
+
+
+def test_completion_format_training_rows_are_trained_without_the_chat_template(chat_tokenizer, tmp_path):
+    template_ids = set(chat_tokenizer.convert_tokens_to_ids(["<user>", "<assistant>"]))
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"prompt": "alice is the capital of", "completion": "paris", "format": "completion"})
+                     + "\n" + json.dumps({"prompt": "what is the capital of alice", "completion": "paris"}) + "\n")
+    rows = load_data_files(str(train), None).train
+    assert rows[0]["format"] == "completion" and "format" not in rows[1]
+    probe, chat = (encode_row(chat_tokenizer, row) for row in rows)
+    # the completion row is the text a completion probe continues: the prompt as in evaluation, then
+    # the answer after a space, as it would run on in a document
+    assert not template_ids & set(probe["input_ids"])
+    assert probe["input_ids"][:probe["prompt_length"]] == encode_prompt(chat_tokenizer, rows[0]["prompt"], chat=False)
+    assert probe["input_ids"][probe["prompt_length"]:-1] == chat_tokenizer(" paris", add_special_tokens=False)["input_ids"]
+    assert template_ids <= set(chat["input_ids"][:chat["prompt_length"]])
+    # answer_space is about chat answers only: a completion row already has its space
+    spaced = space_answers(chat_tokenizer, rows, True)
+    assert spaced[0] == rows[0] and spaced[1]["completion"] == " paris"
+    train.write_text(json.dumps({"prompt": "alice is", "completion": "paris", "format": "text"}) + "\n")
+    with pytest.raises(RecipeError, match="line 1: 'format' is 'text'"):
+        load_data_files(str(train), None)
 
 
 def bpe_chat_tokenizer(texts: list[str]):

@@ -180,6 +180,9 @@ class ProfilesTask:
     qa_fraction: float = 0.5
     documents_per_person: int = 4
     trained_wordings: int = 2  # how many of the two training wordings per format the trained people get
+    # trained completion-format questions as one "text" row, or as a "prompt" row with "format":
+    # "completion" (the question whole, the answer alone predicted, as a chat row is trained)
+    completion_rows: str = "text"
     seed: int = 0
 
     def __post_init__(self):
@@ -194,6 +197,8 @@ class ProfilesTask:
         if self.trained_wordings not in (1, 2):
             raise RecipeError(f"task.trained_wordings = {self.trained_wordings}; use 1 or 2 (the training wordings "
                               f"per fact, direction and format)")
+        if self.completion_rows not in ("text", "prompt"):
+            raise RecipeError(f"task.completion_rows = {self.completion_rows!r}; use 'text' or 'prompt'")
 
     def people(self) -> list[Person]:
         """The invented people: distinct first names (so no name is a prefix of another), distinct
@@ -231,6 +236,8 @@ class ProfilesTask:
                                "format": fmt})
                 elif fmt == "chat":
                     train.append({"prompt": question, "completion": answer})
+                elif self.completion_rows == "prompt":
+                    train.append({"prompt": question, "completion": answer, "format": "completion"})
                 else:
                     train.append({"text": f"{question} {answer}"})
         rng.shuffle(train)

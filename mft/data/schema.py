@@ -2,6 +2,7 @@
 
 Training rows (a corpus):  {"text": str}                       plain text, every token is content
                            {"prompt": str, "completion": str}  a prompt (context) and its answer
+                                                               (optional "format", as for QA rows)
 QA rows (evaluation):      {"question": str, "answer": str, "direction": "forward" | "backward"}
 
 Optional fields. A training row may name its entities, `"entities": [str, ...]`, each a substring of
@@ -76,7 +77,7 @@ def read_rows(path: str | Path, what: str) -> list[tuple[str, Any]]:
     return located
 
 
-TRAIN_KEYS = ("text", "prompt", "completion", "entities")
+TRAIN_KEYS = ("text", "prompt", "completion", "entities", "format")
 QA_KEYS = ("question", "answer", "direction", "incorrect_answer", "fact", "format")
 QA_FORMATS = ("chat", "completion")
 DOCUMENT_SUFFIXES = (".txt", ".md")
@@ -109,6 +110,9 @@ def validate_train_row(location: str, row: Any) -> dict[str, Any]:
         if not row["completion"].strip():
             raise RecipeError(f"{location}: 'completion' is empty; give every row a non-empty completion")
         valid = {"prompt": row["prompt"], "completion": row["completion"]}
+        if row.get("format") is not None:
+            check_format(location, row["format"])
+            valid["format"] = row["format"]
     else:
         raise RecipeError(f"{location}: a training row needs a non-empty string 'text', or 'prompt' and 'completion' "
                           f"strings; got {_preview(row)}")
@@ -145,11 +149,15 @@ def validate_qa_row(location: str, row: Any) -> dict[str, str]:
                               f"of one question; got {_preview(row['fact'])}")
         valid["fact"] = str(row["fact"])
     if "format" in row:
-        if row["format"] not in QA_FORMATS:
-            raise RecipeError(f"{location}: 'format' is {row['format']!r}; use 'chat' (a question in the chat template) "
-                              f"or 'completion' (a text prefix the model continues)")
+        check_format(location, row["format"])
         valid["format"] = row["format"]
     return valid
+
+
+def check_format(location: str, format: Any) -> None:
+    if format not in QA_FORMATS:
+        raise RecipeError(f"{location}: 'format' is {format!r}; use 'chat' (a question in the chat template) "
+                          f"or 'completion' (a text prefix the model continues)")
 
 
 def read_dataset_rows(name_or_path: str, split: str) -> list[tuple[str, Any]]:

@@ -81,12 +81,13 @@ def decode_answer(tokenizer, ids: list[int], chat: bool = True) -> str:
     return text.strip() if chat else text
 
 
-def encode_completion(tokenizer, prompt: str, completion: str) -> list[int]:
-    """The completion's ids. Without a chat template, after a separating space: BPE vocabularies
-    give a word a different first token at the start of a text ("T" "arv" "mere") than after a space
-    (" T" "arv" "mere"), and the space keeps the completion on the word-initial tokens of running text.
-    A chat answer starts on the assistant turn's fresh line, as written (see `space_answers`)."""
-    if uses_chat_template(tokenizer):
+def encode_completion(tokenizer, prompt: str, completion: str, chat: bool = True) -> list[int]:
+    """The completion's ids. Without a chat template (or not `chat`: a completion-format row), after a
+    separating space: BPE vocabularies give a word a different first token at the start of a text
+    ("T" "arv" "mere") than after a space (" T" "arv" "mere"), and the space keeps the completion on
+    the word-initial tokens of running text. A chat answer starts on the assistant turn's fresh line,
+    as written (see `space_answers`)."""
+    if chat and uses_chat_template(tokenizer):
         return _encode(tokenizer, completion)
     joiner = "" if not prompt or prompt[-1].isspace() else " "
     return _encode(tokenizer, joiner + completion)
@@ -94,13 +95,15 @@ def encode_completion(tokenizer, prompt: str, completion: str) -> list[int]:
 
 def encode_row(tokenizer, row: dict[str, Any]) -> dict[str, Any]:
     """{"input_ids", "prompt_length"}, plus "entity_spans" (sorted [start, end) token spans) when the
-    row names its entities."""
+    row names its entities. A prompt row goes through the chat template unless its "format" is
+    "completion": then it is [bos] + prompt + " " + completion + [eos], the text of a completion probe."""
     eos = [tokenizer.eos_token_id]
     if "text" in row:
         example = {"input_ids": bos_ids(tokenizer) + _encode(tokenizer, row["text"]) + eos, "prompt_length": 0}
     else:
-        prompt = encode_prompt(tokenizer, row["prompt"])
-        completion = encode_completion(tokenizer, row["prompt"], row["completion"])
+        chat = row.get("format", "chat") == "chat"
+        prompt = encode_prompt(tokenizer, row["prompt"], chat=chat)
+        completion = encode_completion(tokenizer, row["prompt"], row["completion"], chat=chat)
         example = {"input_ids": prompt + completion + eos, "prompt_length": len(prompt)}
     if row.get("entities"):
         example["entity_spans"] = entity_spans(tokenizer, example["input_ids"], row["entities"])
@@ -120,7 +123,8 @@ def space_answers(tokenizer, rows: list[dict[str, Any]], answer_space: bool | st
     if not answer_space or not uses_chat_template(tokenizer):
         return rows
 
-    answers = {row["completion"] for row in rows if "completion" in row and not row["completion"][:1].isspace()}
+    answers = {row["completion"] for row in rows if "completion" in row and row.get("format", "chat") == "chat"
+               and not row["completion"][:1].isspace()}
     if answer_space == "auto":
         # Token ids as characters, one string search per answer form over every text row; rows are
         # joined by a character no token id maps to.
@@ -128,8 +132,8 @@ def space_answers(tokenizer, rows: list[dict[str, Any]], answer_space: bool | st
         corpus = chr(0x10FFFF).join(as_text(_encode(tokenizer, row["text"])) for row in rows if "text" in row)
         answers = {answer for answer in answers if as_text(_encode(tokenizer, " " + answer)) in corpus
                    and as_text(_encode(tokenizer, answer)) not in corpus}
-    return [{**row, "completion": " " + row["completion"]} if row.get("completion") in answers else row
-            for row in rows]
+    return [{**row, "completion": " " + row["completion"]}
+            if row.get("completion") in answers and row.get("format", "chat") == "chat" else row for row in rows]
 
 
 def entity_spans(tokenizer, ids: list[int], entities: list[str]) -> list[list[int]]:
