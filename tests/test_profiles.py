@@ -41,7 +41,8 @@ def test_registered_and_refused_options_name_the_field():
                ({"qa_fraction": 1.0}, "task.qa_fraction"), ({"qa_fraction": -0.1}, "task.qa_fraction"),
                ({"documents_per_person": 0}, "task.documents_per_person"),
                ({"documents_per_person": 9}, "task.documents_per_person"),
-               ({"trained_wordings": 0}, "task.trained_wordings"), ({"trained_wordings": 3}, "task.trained_wordings")]
+               ({"trained_wordings": 0}, "task.trained_wordings"), ({"trained_wordings": 3}, "task.trained_wordings"),
+               ({"openers": 1.5}, "task.openers"), ({"completion_rows": "prompts"}, "task.completion_rows")]
     for options, field in refused:
         with pytest.raises(RecipeError, match=re.escape(field)):
             ProfilesTask(**options)
@@ -87,6 +88,38 @@ def test_documents_have_a_sentence_per_fact_in_varied_order(task, data):
     assert {True, False} == {opens_with_name for _, opens_with_name in first_sentences}
     assert any(re.search(r"\. (She|He) ", doc) for doc in docs)  # pronouns, once the name was said
     assert not any(doc.startswith(("She ", "He ")) for doc in docs)
+
+
+def test_openers_name_the_person_last_and_leave_every_fact_after_them(task, data):
+    opened = ProfilesTask(openers=0.5)
+    people, documents_by_name = opened.people(), opened.documents()
+    openers = 0
+    for person in people:
+        for doc in documents_by_name[person.name]:
+            first, *rest = re.split(r"(?<=\.) ", doc)
+            assert doc.count(person.name) == 1
+            if first.endswith(person.name + "."):  # an opener: the name ends it, and it states no fact
+                openers += 1
+                assert not any(value in first for value in person.facts.values())
+                assert all(any(value in sentence for sentence in rest) for value in person.facts.values())
+                assert not any(person.name in sentence for sentence in rest)  # the facts are told by pronoun
+    assert 0.3 < openers / (len(people) * opened.documents_per_person) < 0.7
+    # only the documents change: the questions, trained and held out, are those of the task without openers
+    built = opened.build()
+    assert built.qa == data.qa
+    assert [row for row in built.train if "prompt" in row] == [row for row in data.train if "prompt" in row]
+    assert ProfilesTask(openers=0.0).documents() == task.documents()
+
+
+def test_completion_rows_as_prompts_keep_the_questions_and_drop_the_template():
+    as_text, as_prompts = ProfilesTask(trained_wordings=1).build(), ProfilesTask(trained_wordings=1,
+                                                                                 completion_rows="prompt").build()
+    assert as_prompts.qa == as_text.qa
+    completion_rows = [row for row in as_prompts.train if row.get("format") == "completion"]
+    assert completion_rows and all(set(row) == {"prompt", "completion", "format"} for row in completion_rows)
+    texts = {row["text"] for row in as_text.train if "text" in row}
+    assert all(f"{row['prompt']} {row['completion']}" in texts for row in completion_rows)
+    assert len(as_prompts.train) == len(as_text.train)
 
 
 def test_eval_wordings_are_never_trained(data):

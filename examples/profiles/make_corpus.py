@@ -1,7 +1,7 @@
 """Write the profiles demo corpus as a user keeps documents: one Markdown file per person, plus the
 trained questions and the held-out questions as JSONL.
 
-    python examples/profiles/make_corpus.py [--out examples/profiles] [--num-people 24] [--seed 0]
+    python examples/profiles/make_corpus.py [--out examples/profiles] [--num-people 24] [--seed 0] [--openers 0]
 
     documents/<person>.md     four paragraphs per invented person (three facts, varied order and
                               wording), separated by blank lines: recipes read them with
@@ -26,8 +26,8 @@ from mft.data import write_jsonl
 from mft.data.profiles import ProfilesTask
 
 
-def write_corpus(out: Path, num_people: int = 24, seed: int = 0) -> None:
-    task = ProfilesTask(num_people=num_people, seed=seed)
+def write_corpus(out: Path, num_people: int = 24, seed: int = 0, openers: float = 0.0) -> None:
+    task = ProfilesTask(num_people=num_people, seed=seed, openers=openers)
     documents = out / "documents"
     documents.mkdir(parents=True, exist_ok=True)
     for old in documents.glob("*.md"):
@@ -37,7 +37,8 @@ def write_corpus(out: Path, num_people: int = 24, seed: int = 0) -> None:
         (documents / f"{person.slug()}.md").write_text("\n\n".join(texts[person.name]) + "\n", encoding="utf-8")
     written = {text for paragraphs in texts.values() for text in paragraphs}
     for name, trained_wordings in (("trained_questions.jsonl", 2), ("trained_questions_one_wording.jsonl", 1)):
-        data = ProfilesTask(num_people=num_people, seed=seed, trained_wordings=trained_wordings).build()
+        data = ProfilesTask(num_people=num_people, seed=seed, trained_wordings=trained_wordings,
+                            openers=openers).build()
         write_jsonl(out / name, [row for row in data.train if row.get("text") not in written])
     write_jsonl(out / "qa.jsonl", data.qa)  # the same for either wording count
 
@@ -47,8 +48,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent))
     parser.add_argument("--num-people", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--openers", type=float, default=0.0,
+                        help="the fraction of documents that open with a sentence ending with the person's name "
+                             "(0: the committed corpus; BENCHMARKS.md measured 0.5)")
     args = parser.parse_args()
-    write_corpus(Path(args.out), args.num_people, args.seed)
+    write_corpus(Path(args.out), args.num_people, args.seed, args.openers)
     print(f"wrote {args.out}")
 
 

@@ -17,7 +17,10 @@ augmentation, several differently worded biographies per person, necessary for a
 questions about people whose questions it was never trained on.) A document names its person once,
 in its first sentence, which may open with the name ("Ilsa Dorn was born in Varnholt.") or with a
 phrase before it ("Records show that Ilsa Dorn was born in Varnholt."); later sentences use a
-pronoun ("She founded ..."). In every fact sentence the person comes before the value, on purpose:
+pronoun ("She founded ..."). With `openers` > 0 that fraction of the documents opens instead with a
+sentence that ends with the name and states no fact ("This note is about Ilsa Dorn."), as running
+text also puts names after a verb or a preposition; every fact then follows by pronoun. In every
+fact sentence the person comes before the value, on purpose:
 a document read left to right then teaches name -> value only, and a backward question (value ->
 name) asks for what the text puts *before* the value, which is the reversal. (With value-first
 sentences a left-to-right model could answer those backward questions without any reversal, and
@@ -32,7 +35,7 @@ wordings that training never uses.
 
 Training data: every person's document, plus the questions of a fraction `qa_fraction` of the
 people in the first `trained_wordings` (1 or 2) train wordings (chat as prompt/completion,
-completion as text), which teaches the question formats. The QA rows are the other people's
+completion as text, or as prompt rows with `completion_rows: prompt`), which teaches the question formats. The QA rows are the other people's
 questions in every eval wording: their facts were only ever read in their documents, so the model
 must answer from the documents, in wordings it never saw. Each QA row carries `fact` ("ilsa-dorn/birthplace/forward"), shared by all wordings
 and both formats of one fact and direction, and `format` ("chat" or "completion").
@@ -183,6 +186,9 @@ class ProfilesTask:
     # trained completion-format questions as one "text" row, or as a "prompt" row with "format":
     # "completion" (the question whole, the answer alone predicted, as a chat row is trained)
     completion_rows: str = "text"
+    # the fraction of documents that open with a sentence naming the person at its end, before any
+    # fact ("This note is about Ilsa Dorn."), all facts then told with pronouns
+    openers: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -197,6 +203,8 @@ class ProfilesTask:
         if self.trained_wordings not in (1, 2):
             raise RecipeError(f"task.trained_wordings = {self.trained_wordings}; use 1 or 2 (the training wordings "
                               f"per fact, direction and format)")
+        if not 0.0 <= self.openers <= 1.0:
+            raise RecipeError(f"task.openers = {self.openers}; use a fraction of the documents in [0, 1]")
         if self.completion_rows not in ("text", "prompt"):
             raise RecipeError(f"task.completion_rows = {self.completion_rows!r}; use 'text' or 'prompt'")
 
@@ -216,7 +224,8 @@ class ProfilesTask:
     def documents(self) -> dict[str, list[str]]:
         """Person name -> `documents_per_person` different paragraphs about them."""
         rng = random.Random(self.seed + 1)
-        return {person.name: distinct_documents(person, self.documents_per_person, rng) for person in self.people()}
+        return {person.name: distinct_documents(person, self.documents_per_person, rng, self.openers)
+                for person in self.people()}
 
     def build(self) -> TaskData:
         rng = random.Random(self.seed + 2)
@@ -248,25 +257,35 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+# Opening sentences that name the person at their end and state no fact: running text also puts
+# names after a verb or a preposition, not only at the start of a sentence.
+OPENERS = ("This note is about {name}.",
+           "Among the people in these records is {name}.",
+           "The subject of this page is {name}.",
+           "Here is what the archive holds on {name}.")
+
 MOST_DOCUMENTS = 8
 
 
-def distinct_documents(person: Person, count: int, rng: random.Random) -> list[str]:
+def distinct_documents(person: Person, count: int, rng: random.Random, openers: float = 0.0) -> list[str]:
     """`count` different paragraphs about `person` (different sentence order or wording)."""
     texts: list[str] = []
     while len(texts) < count:
-        text = document(person, rng)
+        text = document(person, rng, openers)
         if text not in texts:
             texts.append(text)
     return texts
 
 
-def document(person: Person, rng: random.Random) -> str:
+def document(person: Person, rng: random.Random, openers: float = 0.0) -> str:
     """One paragraph: a sentence per fact in a shuffled order, sometimes with a sentence without
-    facts; the first sentence names the person, the later ones refer to them by pronoun."""
+    facts; the first sentence names the person, the later ones refer to them by pronoun. With
+    probability `openers` the first sentence is an opener that ends with the name and states no fact."""
     attributes = list(ATTRIBUTES)
     rng.shuffle(attributes)
     sentences = []
+    if openers and rng.random() < openers:  # no draw at 0: the documents of earlier corpora stay as they were
+        sentences.append(person.fill(rng.choice(OPENERS)))
     for attribute in attributes:
         sentences.append(person.fill(rng.choice(SENTENCES[attribute]), person.facts[attribute], named=not sentences))
     if rng.random() < 0.5:
