@@ -104,7 +104,8 @@ def test_completion_format_training_rows_are_trained_without_the_chat_template(c
     # the answer after a space, as it would run on in a document
     assert not template_ids & set(probe["input_ids"])
     assert probe["input_ids"][:probe["prompt_length"]] == encode_prompt(chat_tokenizer, rows[0]["prompt"], chat=False)
-    assert probe["input_ids"][probe["prompt_length"]:-1] == chat_tokenizer(" paris", add_special_tokens=False)["input_ids"]
+    answer = probe["input_ids"][probe["prompt_length"]:-1]
+    assert answer == chat_tokenizer(" paris", add_special_tokens=False)["input_ids"]
     assert template_ids <= set(chat["input_ids"][:chat["prompt_length"]])
     # answer_space is about chat answers only: a completion row already has its space
     spaced = space_answers(chat_tokenizer, rows, True)

@@ -35,10 +35,11 @@ wordings that training never uses.
 
 Training data: every person's document, plus the questions of a fraction `qa_fraction` of the
 people in the first `trained_wordings` (1 or 2) train wordings (chat as prompt/completion,
-completion as text, or as prompt rows with `completion_rows: prompt`), which teaches the question formats. The QA rows are the other people's
-questions in every eval wording: their facts were only ever read in their documents, so the model
-must answer from the documents, in wordings it never saw. Each QA row carries `fact` ("ilsa-dorn/birthplace/forward"), shared by all wordings
-and both formats of one fact and direction, and `format` ("chat" or "completion").
+completion as text, or as prompt rows with `completion_rows: prompt`), which teaches the question
+formats. The QA rows are the other people's questions in every eval wording: their facts were only
+ever read in their documents, so the model must answer from the documents, in wordings it never
+saw. Each QA row carries `fact` ("ilsa-dorn/birthplace/forward"), shared by all wordings and both
+formats of one fact and direction, and `format` ("chat" or "completion").
 """
 
 from __future__ import annotations
