@@ -32,7 +32,7 @@ from typing import Any
 
 from .training_args import MFTConfig, mft_option
 from .data.schema import DIRECTIONS, read_rows, validate_qa_row
-from .data.tokenize import decode_answer, encode_prompt
+from .data.tokenize import decode_answer, encode_prompt, is_chat_row
 from .decoding import DecodingSpec, generate
 from .errors import RecipeError
 from .run_folder import checkpoints
@@ -97,14 +97,14 @@ def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str,
     was_training = model.training
     model.eval()
     try:
-        prompts = [encode_prompt(tokenizer, item["question"], chat=item.get("format", "chat") == "chat")
+        prompts = [encode_prompt(tokenizer, item["question"], chat=is_chat_row(item))
                    for item in qa]
         answers = generate(model, tokenizer, prompts, decoding, max_new_tokens, batch_size, shift=shift,
                            keep_sink=keep_sink, attend_to_masked=attend_to_masked,
                            prompt_sees_answer=prompt_sees_answer)
     finally:
         model.train(was_training)
-    texts = [decode_answer(tokenizer, answer, chat=item.get("format", "chat") == "chat")
+    texts = [decode_answer(tokenizer, answer, chat=is_chat_row(item))
              for item, answer in zip(qa, answers)]
     right = [answers_match(text, item["answer"], item.get("format", "chat")) for item, text in zip(qa, texts)]
     if predictions is not None:

@@ -50,7 +50,7 @@ def prepare(recipe: Recipe, data: TaskData | None = None, resume_from: str | Non
     a prompt/completion row longer than it is refused."""
     from transformers import AutoTokenizer
 
-    from .data.tokenize import build_word_tokenizer, row_texts, space_answers
+    from .data.tokenize import build_word_tokenizer, is_chat_row, row_texts, space_answers
     from .data.windows import windowed_dataset, windowing_note
     from .models import load_tokenizer
     from .models.loading import ensure_pad_token
@@ -80,7 +80,7 @@ def prepare(recipe: Recipe, data: TaskData | None = None, resume_from: str | Non
     if recipe.data is not None and recipe.data.answer_space:
         rows = space_answers(tokenizer, data.train, recipe.data.answer_space)
         spaced = sum(new is not old for new, old in zip(rows, data.train))
-        answers = sum("completion" in row and row.get("format", "chat") == "chat" for row in rows)
+        answers = sum("completion" in row and is_chat_row(row) for row in rows)
         print(f"mft: data.answer_space = {recipe.data.answer_space}: {spaced} of {answers} chat answers trained "
               f"after a space", flush=True)
     train_dataset = windowed_dataset(tokenizer, rows, windowing)

@@ -73,6 +73,11 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> list[int]:
     return bos_ids(tokenizer) + _encode(tokenizer, prompt)
 
 
+def is_chat_row(row: dict[str, Any]) -> bool:
+    """Whether a prompt row or QA row goes through the chat template: its "format" (default "chat")."""
+    return row.get("format", "chat") == "chat"
+
+
 def decode_answer(tokenizer, ids: list[int], chat: bool = True) -> str:
     """A generated answer as text: a chat answer without surrounding whitespace (it stands alone, and
     starts with a space after `space_answers`); a completion as generated, its leading
@@ -101,7 +106,7 @@ def encode_row(tokenizer, row: dict[str, Any]) -> dict[str, Any]:
     if "text" in row:
         example = {"input_ids": bos_ids(tokenizer) + _encode(tokenizer, row["text"]) + eos, "prompt_length": 0}
     else:
-        chat = row.get("format", "chat") == "chat"
+        chat = is_chat_row(row)
         prompt = encode_prompt(tokenizer, row["prompt"], chat=chat)
         completion = encode_completion(tokenizer, row["prompt"], row["completion"], chat=chat)
         example = {"input_ids": prompt + completion + eos, "prompt_length": len(prompt)}
@@ -123,8 +128,8 @@ def space_answers(tokenizer, rows: list[dict[str, Any]], answer_space: bool | st
     if not answer_space or not uses_chat_template(tokenizer):
         return rows
 
-    answers = {row["completion"] for row in rows if "completion" in row and row.get("format", "chat") == "chat"
-               and not row["completion"][:1].isspace()}
+    chat_answer = lambda row: "completion" in row and is_chat_row(row)
+    answers = {row["completion"] for row in rows if chat_answer(row) and not row["completion"][:1].isspace()}
     if answer_space == "auto":
         # Token ids as characters, one string search per answer form over every text row; rows are
         # joined by a character no token id maps to.
@@ -132,8 +137,8 @@ def space_answers(tokenizer, rows: list[dict[str, Any]], answer_space: bool | st
         corpus = chr(0x10FFFF).join(as_text(_encode(tokenizer, row["text"])) for row in rows if "text" in row)
         answers = {answer for answer in answers if as_text(_encode(tokenizer, " " + answer)) in corpus
                    and as_text(_encode(tokenizer, answer)) not in corpus}
-    return [{**row, "completion": " " + row["completion"]}
-            if row.get("completion") in answers and row.get("format", "chat") == "chat" else row for row in rows]
+    return [{**row, "completion": " " + row["completion"]} if chat_answer(row) and row["completion"] in answers
+            else row for row in rows]
 
 
 def entity_spans(tokenizer, ids: list[int], entities: list[str]) -> list[list[int]]:
