@@ -9,7 +9,7 @@ import pytest
 
 from mft.config import parse_recipe
 from mft.data import TASKS
-from mft.data.profiles import ATTRIBUTES, QUESTIONS, ProfilesTask, most_people
+from mft.data.profiles import ATTRIBUTES, OPENERS, QUESTIONS, ProfilesTask, most_people
 from mft.errors import RecipeError
 
 
@@ -109,6 +109,27 @@ def test_openers_name_the_person_last_and_leave_every_fact_after_them(task, data
     assert built.qa == data.qa
     assert [row for row in built.train if "prompt" in row] == [row for row in data.train if "prompt" in row]
     assert ProfilesTask(openers=0.0).documents() == task.documents()
+
+
+def test_opener_facts_follow_the_name_with_one_fact_and_keep_every_value_after_the_person(data):
+    plain, with_facts = ProfilesTask(openers=0.5), ProfilesTask(openers=0.5, opener_facts=True)
+    opened = 0
+    for person in with_facts.people():
+        for doc in with_facts.documents()[person.name]:
+            first, *rest = re.split(r"(?<=\.) ", doc)
+            is_opener = first.startswith(tuple(opener.split("{name}")[0] for opener in OPENERS))
+            assert doc.count(person.name) == 1 and is_opener == (", who " in first)
+            for value in person.facts.values():  # each fact told once, after the person
+                assert doc.count(value) == 1 and doc.index(person.name) < doc.index(value)
+            if is_opener:
+                opened += 1
+                assert first.split(", who ")[0].endswith(person.name)
+                assert sum(value in first for value in person.facts.values()) == 1
+    assert 0.3 < opened / (len(with_facts.people()) * with_facts.documents_per_person) < 0.7
+    assert with_facts.build().qa == data.qa
+    assert ProfilesTask(openers=0.5, opener_facts=False).documents() == plain.documents()
+    with pytest.raises(RecipeError, match="task.opener_facts"):
+        ProfilesTask(opener_facts="yes")
 
 
 def test_completion_rows_as_prompts_keep_the_questions_and_drop_the_template():

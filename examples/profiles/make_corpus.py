@@ -1,7 +1,7 @@
 """Write the profiles demo corpus as a user keeps documents: one Markdown file per person, plus the
 trained questions and the held-out questions as JSONL.
 
-    python examples/profiles/make_corpus.py [--out examples/profiles] [--num-people 24] [--seed 0] [--openers 0]
+    python examples/profiles/make_corpus.py [--out examples/profiles] [--num-people 24] [--seed 0] [--openers 0] [--opener-facts]
 
     documents/<person>.md     four paragraphs per invented person (three facts, varied order and
                               wording), separated by blank lines: recipes read them with
@@ -26,8 +26,9 @@ from mft.data import write_jsonl
 from mft.data.profiles import ProfilesTask
 
 
-def write_corpus(out: Path, num_people: int = 24, seed: int = 0, openers: float = 0.0) -> None:
-    task = ProfilesTask(num_people=num_people, seed=seed, openers=openers)
+def write_corpus(out: Path, num_people: int = 24, seed: int = 0, openers: float = 0.0,
+                 opener_facts: bool = False) -> None:
+    task = ProfilesTask(num_people=num_people, seed=seed, openers=openers, opener_facts=opener_facts)
     documents = out / "documents"
     documents.mkdir(parents=True, exist_ok=True)
     for old in documents.glob("*.md"):
@@ -38,7 +39,7 @@ def write_corpus(out: Path, num_people: int = 24, seed: int = 0, openers: float 
     written = {text for paragraphs in texts.values() for text in paragraphs}
     for name, trained_wordings in (("trained_questions.jsonl", 2), ("trained_questions_one_wording.jsonl", 1)):
         data = ProfilesTask(num_people=num_people, seed=seed, trained_wordings=trained_wordings,
-                            openers=openers).build()
+                            openers=openers, opener_facts=opener_facts).build()
         write_jsonl(out / name, [row for row in data.train if row.get("text") not in written])
     write_jsonl(out / "qa.jsonl", data.qa)  # the same for either wording count
 
@@ -51,8 +52,10 @@ def main() -> None:
     parser.add_argument("--openers", type=float, default=0.0,
                         help="the fraction of documents that open with a sentence ending with the person's name "
                              "(0: the committed corpus; BENCHMARKS.md measured 0.5)")
+    parser.add_argument("--opener-facts", action="store_true",
+                        help="openers go on with the first fact after the name (\"..., who was born in X.\")")
     args = parser.parse_args()
-    write_corpus(Path(args.out), args.num_people, args.seed, args.openers)
+    write_corpus(Path(args.out), args.num_people, args.seed, args.openers, args.opener_facts)
     print(f"wrote {args.out}")
 
 

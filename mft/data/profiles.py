@@ -190,6 +190,9 @@ class ProfilesTask:
     # the fraction of documents that open with a sentence naming the person at its end, before any
     # fact ("This note is about Ilsa Dorn."), all facts then told with pronouns
     openers: float = 0.0
+    # whether an opener also states the document's first fact in a relative clause after the name
+    # ("This note is about Ilsa Dorn, who was born in Varnholt."), so the name is followed by a value
+    opener_facts: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -206,6 +209,8 @@ class ProfilesTask:
                               f"per fact, direction and format)")
         if not 0.0 <= self.openers <= 1.0:
             raise RecipeError(f"task.openers = {self.openers}; use a fraction of the documents in [0, 1]")
+        if not isinstance(self.opener_facts, bool):
+            raise RecipeError(f"task.opener_facts = {self.opener_facts!r}; use true or false")
         if self.completion_rows not in ("text", "prompt"):
             raise RecipeError(f"task.completion_rows = {self.completion_rows!r}; use 'text' or 'prompt'")
 
@@ -225,7 +230,8 @@ class ProfilesTask:
     def documents(self) -> dict[str, list[str]]:
         """Person name -> `documents_per_person` different paragraphs about them."""
         rng = random.Random(self.seed + 1)
-        return {person.name: distinct_documents(person, self.documents_per_person, rng, self.openers)
+        return {person.name: distinct_documents(person, self.documents_per_person, rng, self.openers,
+                                                       self.opener_facts)
                 for person in self.people()}
 
     def build(self) -> TaskData:
@@ -264,29 +270,42 @@ OPENERS = ("This note is about {name}.",
            "Among the people in these records is {name}.",
            "The subject of this page is {name}.",
            "Here is what the archive holds on {name}.")
+# With `opener_facts`, the opener goes on after the name with a fact, the value after the person as
+# in every other fact sentence.
+RELATIVE_CLAUSES = {
+    "birthplace": (", who was born in {value}.", ", who comes from {value}."),
+    "founded": (", who founded {value}.", ", who went on to found {value}."),
+    "pet": (", who keeps {value}.", ", who shares {their} house with {value}."),
+}
 
 MOST_DOCUMENTS = 8
 
 
-def distinct_documents(person: Person, count: int, rng: random.Random, openers: float = 0.0) -> list[str]:
+def distinct_documents(person: Person, count: int, rng: random.Random, openers: float = 0.0,
+                       opener_facts: bool = False) -> list[str]:
     """`count` different paragraphs about `person` (different sentence order or wording)."""
     texts: list[str] = []
     while len(texts) < count:
-        text = document(person, rng, openers)
+        text = document(person, rng, openers, opener_facts)
         if text not in texts:
             texts.append(text)
     return texts
 
 
-def document(person: Person, rng: random.Random, openers: float = 0.0) -> str:
+def document(person: Person, rng: random.Random, openers: float = 0.0, opener_facts: bool = False) -> str:
     """One paragraph: a sentence per fact in a shuffled order, sometimes with a sentence without
     facts; the first sentence names the person, the later ones refer to them by pronoun. With
-    probability `openers` the first sentence is an opener that ends with the name and states no fact."""
+    probability `openers` the first sentence is an opener that ends with the name and states no fact,
+    or, with `opener_facts`, goes on with the first fact in a relative clause."""
     attributes = list(ATTRIBUTES)
     rng.shuffle(attributes)
     sentences = []
     if openers and rng.random() < openers:  # no draw at 0: the documents of earlier corpora stay as they were
-        sentences.append(person.fill(rng.choice(OPENERS)))
+        opener = person.fill(rng.choice(OPENERS))
+        if opener_facts:
+            attribute = attributes.pop(0)
+            opener = opener[:-1] + person.fill(rng.choice(RELATIVE_CLAUSES[attribute]), person.facts[attribute])
+        sentences.append(opener)
     for attribute in attributes:
         sentences.append(person.fill(rng.choice(SENTENCES[attribute]), person.facts[attribute], named=not sentences))
     if rng.random() < 0.5:
