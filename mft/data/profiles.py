@@ -19,10 +19,11 @@ in its first sentence, which may open with the name ("Ilsa Dorn was born in Varn
 phrase before it ("Records show that Ilsa Dorn was born in Varnholt."); later sentences use a
 pronoun ("She founded ..."). With `openers` > 0 that fraction of the documents opens instead with a
 sentence that ends with the name and states no fact ("This note is about Ilsa Dorn."), as running
-text also puts names after a verb or a preposition; every fact then follows by pronoun. In every
-fact sentence the person comes before the value, on purpose:
-a document read left to right then teaches name -> value only, and a backward question (value ->
-name) asks for what the text puts *before* the value, which is the reversal. (With value-first
+text also puts names after a verb or a preposition; every fact then follows by pronoun (with
+`opener_facts`, the opener goes on with one fact: "This note is about Ilsa Dorn, who was born in
+Varnholt."). In every fact sentence the person comes before the value, on purpose: a document
+read left to right then teaches name -> value only, and a backward question (value -> name) asks
+for what the text puts *before* the value, which is the reversal. (With value-first
 sentences a left-to-right model could answer those backward questions without any reversal, and
 the demo would measure nothing.)
 
