@@ -232,7 +232,7 @@ class ProfilesTask:
         """Person name -> `documents_per_person` different paragraphs about them."""
         rng = random.Random(self.seed + 1)
         return {person.name: distinct_documents(person, self.documents_per_person, rng, self.openers,
-                                                       self.opener_facts)
+                                                self.opener_facts)
                 for person in self.people()}
 
     def build(self) -> TaskData:
