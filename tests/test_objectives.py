@@ -373,6 +373,8 @@ def test_example_generator_drives_objective_reproducibly():
     (lambda: MLMU(weighting="1/r^2"), "weighting"),
     (lambda: MLMU(mask_unit="sentence"), "mask_unit"),
     (lambda: MLMU(mask_unit="name", whole_unit=1.5), "whole_unit"),
+    (lambda: MLMU(mask_unit="name", name_weight=0.0), "name_weight"),
+    (lambda: MLMU(mask_unit="token", name_weight=2.0), "name_weight"),
 ])
 def test_invalid_options_raise(make, field):
     with pytest.raises(ValueError, match=rf"\b{field}\b"):
@@ -606,6 +608,33 @@ def test_whole_unit_is_how_often_a_chosen_name_is_hidden_whole(whole_unit, cuts_
     # the person hidden whole beside the visible society: E[r w (1 - r)] = w/6, times (D+1)/D for
     # m of the D = 22 units drawn without replacement
     assert pairs / draws == pytest.approx(whole_unit / 6 * 23 / 22, abs=0.025)
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "1/r"])
+def test_name_weight_multiplies_the_weight_of_masked_name_tokens_only(weighting):
+    tokenizer = subword_tokenizer()
+    ids = [tokenizer.bos_token_id, *tokenizer(NAME_TEXT, add_special_tokens=False)["input_ids"]]
+    plain, weighted = MLMU(mask_unit="name", weighting=weighting), MLMU(mask_unit="name", weighting=weighting,
+                                                                        name_weight=3.0)
+    for objective in (plain, weighted):
+        objective.setup(SpecialTokens.from_tokenizer(tokenizer), tokenizer)
+    unit_of = torch.cumsum(plain.unit_starts(torch.tensor(ids), torch.arange(1, len(ids))).long(), 0) - 1
+    # the positions of "Years", " Ann Dre" and " Dr Society" (units 0, 8 and 20)
+    in_name = torch.zeros(len(ids), dtype=torch.bool)
+    in_name[torch.nonzero(torch.isin(unit_of, torch.tensor([0, 8, 20]))).flatten() + 1] = True
+    assert tokenizer.decode([i for i, name in zip(ids, in_name) if name]) == "Years Ann Dre Dr Society"
+    names_masked = others_masked = 0
+    for seed in range(200):
+        row, reference = (one_row(objective, {"input_ids": ids, "prompt_length": 0}, seed) for objective in
+                          (weighted, plain))
+        assert torch.equal(row.input_ids, reference.input_ids) and torch.equal(row.labels, reference.labels)
+        masked = row.input_ids == tokenizer.mask_token_id
+        # shift is off, so a masked token's weight sits at its own position
+        expected = torch.where(masked & in_name, 3.0 * reference.weights, reference.weights)
+        assert torch.allclose(row.weights, expected)
+        names_masked += int((masked & in_name).sum())
+        others_masked += int((masked & ~in_name).sum())
+    assert names_masked > 0 and others_masked > 0
 
 
 def test_word_masking_needs_the_tokenizer():

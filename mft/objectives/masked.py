@@ -64,6 +64,14 @@ tokens is hidden whole rather than from a later cut. The pair above then occurs 
 E[r w (1-r)] = w/6. A whole unit trains a name's first token, the one a backward answer hinges on;
 a cut trains the rest of a half-written name, which left-to-right decoding needs (0.75 lost
 backward completions on the profiles demo against 0.5, BENCHMARKS.md).
+
+`name_weight` (name units only; default 1) is the loss weight of a masked token inside a name unit;
+every other masked token keeps weight 1 (times 1/r under MLM-U's default weighting). The trainer
+divides the batch's weighted loss by the sum of the weights, so a weight w > 1 moves the gradient
+from the text around the facts ("Records show that", "He rarely speaks about his") to the names
+and values the questions ask for: with a fraction f of the masked tokens in names, they carry
+wf / (wf + 1 - f) of the loss instead of f. The draw, and so what is predicted from what, does not
+change.
 """
 
 from __future__ import annotations
@@ -122,6 +130,7 @@ class _MaskedObjective(Objective):
     keep_sink: bool = False
     mask_unit: Literal["token", "word", "name"] = "token"
     whole_unit: float = 0.5
+    name_weight: float = 1.0
 
     def __post_init__(self):
         if self.keep_sink and not self.shift:
@@ -130,6 +139,12 @@ class _MaskedObjective(Objective):
         if self.mask_unit not in ("token", "word", "name"):
             raise RecipeError(f"objective.mask_unit = {self.mask_unit!r}; use 'token', 'word' or 'name'")
         check_rate("whole_unit", self.whole_unit)
+        if not isinstance(self.name_weight, (int, float)) or not self.name_weight > 0:
+            raise RecipeError(f"objective.name_weight = {self.name_weight!r}; use a positive number (1 weighs "
+                              "names like every other masked token)")
+        if self.name_weight != 1 and self.mask_unit != "name":
+            raise RecipeError(f"objective.name_weight = {self.name_weight} needs objective.mask_unit: name (it "
+                              f"weighs the tokens of name units); set mask_unit: name or name_weight: 1")
 
     def setup(self, special: SpecialTokens, tokenizer=None) -> None:
         super().setup(special, tokenizer)
@@ -164,10 +179,14 @@ class _MaskedObjective(Objective):
         draw (see `mask_unit` in the module docstring)."""
         if self.mask_unit == "token" or not len(candidates):
             return torch.ones(len(candidates), dtype=torch.bool)
-        word_start = self.word_starts(ids, candidates)
         if self.mask_unit == "word":
-            return word_start
-        # Names: a capitalized word is one unit, and it joins the capitalized word right before it.
+            return self.word_starts(ids, candidates)
+        return self._names(ids, candidates)[0]
+
+    def _names(self, ids: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit start, in a name), bools over `candidates`, for `mask_unit: name`: a capitalized
+        word is one unit, and it joins the capitalized word right before it."""
+        word_start = self.word_starts(ids, candidates)
         word_of = torch.cumsum(word_start.long(), 0) - 1
         first = candidates[word_start]
         last = candidates[torch.cat([word_start[1:], word_start.new_ones(1)])]
@@ -175,7 +194,7 @@ class _MaskedObjective(Objective):
         joins_previous = torch.zeros_like(capitalized)
         joins_previous[1:] = capitalized[1:] & capitalized[:-1] & (first[1:] == last[:-1] + 1)
         in_name = capitalized[word_of]
-        return ~in_name | (word_start & ~joins_previous[word_of])
+        return ~in_name | (word_start & ~joins_previous[word_of]), in_name
 
     def _ids_and_prompt_length(self, example: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """The example's ids, with start tokens put in front where the first content token could
@@ -225,6 +244,8 @@ class _MaskedObjective(Objective):
         masked[candidates[in_chosen_unit]] = True
         labels = torch.where(masked, ids, IGNORE)
         weights = masked.float() * self.token_weight(num_masked, num_maskable)
+        if self.name_weight != 1 and len(candidates):
+            weights[candidates[self._names(ids, candidates)[1]]] *= self.name_weight
         if self.shift:  # the logits at i-1 predict the masked token i
             labels = torch.cat([labels[1:], labels.new_full((1,), IGNORE)])
             weights = torch.cat([weights[1:], weights.new_zeros(1)])
