@@ -4,6 +4,9 @@ and borrowed answers, the step-0 baseline, and the forgetting drift with its lev
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -297,6 +300,16 @@ def test_the_committed_profiles_corpus_is_what_the_script_writes(tmp_path):
     assert len([path for path in written if path.suffix == ".md"]) == 24
     for relative in written:
         assert (committed / relative).read_text() == (tmp_path / relative).read_text(), relative
+
+
+def test_the_corpus_script_rejects_a_bad_option_in_one_line_before_writing(tmp_path):
+    script = ROOT / "examples" / "profiles" / "make_corpus.py"
+    out = tmp_path / "corpus"
+    done = subprocess.run([sys.executable, str(script), "--out", str(out), "--opener-facts"], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "task.openers > 0" in done.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("recipe, passes, questions", [("profiles_ar", 1, 288), ("profiles_masked", 1, 288),

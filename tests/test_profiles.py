@@ -130,6 +130,8 @@ def test_opener_facts_follow_the_name_with_one_fact_and_keep_every_value_after_t
     assert ProfilesTask(openers=0.5, opener_facts=False).documents() == plain.documents()
     with pytest.raises(RecipeError, match="task.opener_facts"):
         ProfilesTask(opener_facts="yes")
+    with pytest.raises(RecipeError, match="task.openers > 0"):  # it would change nothing
+        ProfilesTask(opener_facts=True)
 
 
 def test_completion_rows_as_prompts_keep_the_questions_and_drop_the_template():

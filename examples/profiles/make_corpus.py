@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mft.data import write_jsonl
 from mft.data.profiles import ProfilesTask
+from mft.errors import RecipeError
 
 
 def write_corpus(out: Path, num_people: int = 24, seed: int = 0, openers: float = 0.0,
@@ -55,7 +56,10 @@ def main() -> None:
     parser.add_argument("--opener-facts", action="store_true",
                         help="openers go on with the first fact after the name (\"..., who was born in X.\")")
     args = parser.parse_args()
-    write_corpus(Path(args.out), args.num_people, args.seed, args.openers, args.opener_facts)
+    try:
+        write_corpus(Path(args.out), args.num_people, args.seed, args.openers, args.opener_facts)
+    except RecipeError as error:  # a bad option: one line, before anything is written
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     print(f"wrote {args.out}")
 
 

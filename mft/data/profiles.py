@@ -212,6 +212,9 @@ class ProfilesTask:
             raise RecipeError(f"task.openers = {self.openers}; use a fraction of the documents in [0, 1]")
         if not isinstance(self.opener_facts, bool):
             raise RecipeError(f"task.opener_facts = {self.opener_facts!r}; use true or false")
+        if self.opener_facts and self.openers == 0:
+            raise RecipeError("task.opener_facts = true changes the openers, but task.openers = 0 writes none; "
+                              "set task.openers > 0 or opener_facts: false")
         if self.completion_rows not in ("text", "prompt"):
             raise RecipeError(f"task.completion_rows = {self.completion_rows!r}; use 'text' or 'prompt'")
 
