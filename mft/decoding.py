@@ -9,7 +9,9 @@ not a key for anyone, see `mft.objectives.masked`, unless the model was trained 
 token at the slot, write it in,
 and repeat with the next slot until the end-of-sequence token or `max_new_tokens`. This asks the
 model exactly what MLM-U training asked it: predict a masked token from the visible ones.
-Special tokens other than EOS (mask, pad, bos, ...) are never generated.
+Special tokens other than EOS (mask, pad, bos, ...) are never generated. The question's ids begin
+as its training rows began (`encode_question`): under `shift` and `keep_sink` a completion-format
+probe gets the start tokens the collator put in front of every text row.
 
 `masked_any_order`: masked decoding in the order of confidence, as absorbing-state diffusion models
 decode (MaskGIT; LLaDA's "low-confidence remasking" with one token per step, greedy). The context is
@@ -41,7 +43,10 @@ import torch
 
 from .models.attention import (attention_implementation, attention_implementation_for_masks, attention_mask_4d,
                                to_model_mask)
+from .data.tokenize import encode_prompt
 from .objectives import DECODINGS
+from .objectives.base import SpecialTokens
+from .objectives.masked import start_tokens
 from .errors import RecipeError
 
 # Saved beside every model mft writes (run folder, checkpoint, merged model, Hub repo).
@@ -125,6 +130,21 @@ class DecodingSpec:
         if not isinstance(spec.max_new_tokens, int) or isinstance(spec.max_new_tokens, bool) or spec.max_new_tokens < 1:
             raise RecipeError(f"{where}: max_new_tokens = {spec.max_new_tokens!r}; use a whole number of at least 1")
         return spec
+
+
+def encode_question(tokenizer, question: str, chat: bool, decoding: str, shift: bool = False,
+                    keep_sink: bool = False) -> list[int]:
+    """The ids a question is answered from: `encode_prompt`'s context (a chat turn, or a
+    completion-format probe's raw text) and, for masked decoding, the start tokens that a training
+    row beginning the same way had in front (`mft.objectives.masked.start_tokens`). A completion
+    probe begins as a text row did; a chat question as a prompt row, whose prompt is not predicted
+    (`predict_prompt: false`, as in every pretrained recipe). Without them a SmolLM2 probe would put
+    its first word where every training row had the sink and a second start token."""
+    ids = encode_prompt(tokenizer, question, chat=chat)
+    if decoding == "causal":
+        return ids
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    return start_tokens(ids[:2], special, len(ids) if chat else 0, shift, keep_sink, predict_prompt=False) + ids
 
 
 @torch.no_grad()

@@ -32,8 +32,8 @@ from typing import Any
 
 from .training_args import MFTConfig, mft_option
 from .data.schema import DIRECTIONS, read_rows, validate_qa_row
-from .data.tokenize import decode_answer, encode_prompt, is_chat_row
-from .decoding import DecodingSpec, generate
+from .data.tokenize import decode_answer, is_chat_row
+from .decoding import DecodingSpec, encode_question, generate
 from .errors import RecipeError
 from .run_folder import checkpoints
 
@@ -97,7 +97,7 @@ def evaluate_qa(model, tokenizer, qa: list[dict[str, str]], decoding: str,
     was_training = model.training
     model.eval()
     try:
-        prompts = [encode_prompt(tokenizer, item["question"], chat=is_chat_row(item))
+        prompts = [encode_question(tokenizer, item["question"], is_chat_row(item), decoding, shift, keep_sink)
                    for item in qa]
         answers = generate(model, tokenizer, prompts, decoding, max_new_tokens, batch_size, shift=shift,
                            keep_sink=keep_sink, attend_to_masked=attend_to_masked,

@@ -90,12 +90,11 @@ print(trained.generate(["your question"])[0])
 or from the command line: `mft generate ${repo} "your question"`. `mft_decoding.json` holds the decoding rules; by hand, `generate` does this:
 
 ```python
-from mft.data.tokenize import encode_prompt
-from mft.decoding import generate
+from mft.decoding import encode_question, generate
 
 model, tokenizer = trained.model, trained.tokenizer
-prompt = encode_prompt(tokenizer, "your question")
-${unknown_decoding}answer = generate(model, tokenizer, [prompt], ${decoding}, max_new_tokens=${max_new_tokens}${rules})[0]
+${unknown_decoding}prompt = encode_question(tokenizer, "your question", True, ${decoding}${context_rules})
+answer = generate(model, tokenizer, [prompt], ${decoding}, max_new_tokens=${max_new_tokens}${rules})[0]
 print(tokenizer.decode(answer, skip_special_tokens=True))
 ```
 
@@ -391,6 +390,7 @@ def model_card(output_dir: str | Path, *, repo_id: str | None = None) -> str:
         decoding=f'"{decoding}"' if decoding else "decoding",
         max_new_tokens=max_new_tokens,
         rules="".join(f", {rule}" for rule in rules),
+        context_rules="".join(f", {rule}" for rule in rules if rule.startswith(("shift=", "keep_sink="))),
         notes=_notes(repo, adapter, added_mask_token, base_hub_id, decoding, unknown),
     )
 

@@ -25,7 +25,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .decoding import DecodingSpec, generate
+from .decoding import DecodingSpec, encode_question, generate
 from .errors import RecipeError
 from .objectives import DECODINGS, Objective
 
@@ -51,7 +51,7 @@ class TrainedModel:
         the spec's. Prompts of different lengths are decoded together, `batch_size` at a time.
         `slots_only`, `threshold`, `prompt_cache`, `answer_cache`: masked decoding's speed options
         (`mft.decoding.generate`)."""
-        from .data.tokenize import decode_answer, encode_prompt
+        from .data.tokenize import decode_answer
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         decoding = decoding or self.spec.decoding
@@ -61,7 +61,8 @@ class TrainedModel:
         was_training = self.model.training
         self.model.eval()
         try:
-            ids = [encode_prompt(self.tokenizer, prompt, chat=format == "chat") for prompt in prompts]
+            ids = [encode_question(self.tokenizer, prompt, format == "chat", decoding, self.spec.shift,
+                                   self.spec.keep_sink) for prompt in prompts]
             answers = generate(self.model, self.tokenizer, ids, decoding, max_new_tokens, batch_size, **self.spec.rules(),
                                slots_only=slots_only, threshold=threshold, prompt_cache=prompt_cache,
                                answer_cache=answer_cache)

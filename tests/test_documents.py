@@ -95,6 +95,40 @@ def test_completion_questions_reach_the_model_without_the_chat_template(chat_tok
     assert results["forward"]["exact_match_chat"] == 0.0
 
 
+def test_a_masked_question_begins_as_the_training_rows_of_its_format(chat_tokenizer, monkeypatch):
+    """Masked decoding puts a training row's start tokens in front of a question: a completion probe
+    reads as the text row it continues, a chat question as its prompt row. This tokenizer, like
+    SmolLM2's, adds no BOS, so under `shift` and `keep_sink` a text row starts with two."""
+    from mft.decoding import encode_question
+    from mft.objectives import build_objective
+    from mft.objectives.base import SpecialTokens
+
+    chat_tokenizer.add_special_tokens({"mask_token": "<mask>"})
+    objective = build_objective("mlm_u", shift=True, keep_sink=True, predict_prompt=False)
+    objective.setup(SpecialTokens.from_tokenizer(chat_tokenizer), chat_tokenizer)
+    rules = {"shift": True, "keep_sink": True}
+    probe, question = "alice is the capital of", "what is the capital of alice"
+    trained, _ = objective._ids_and_prompt_length(encode_row(chat_tokenizer, {"text": f"{probe} paris"}))
+    asked = encode_question(chat_tokenizer, probe, False, "masked", **rules)
+    start = chat_tokenizer.bos_token_id
+    assert asked[:2] == [start, start] and asked[2:] == encode_prompt(chat_tokenizer, probe, chat=False)
+    assert asked == trained.tolist()[:len(asked)]
+    trained, prompt_length = objective._ids_and_prompt_length(
+        encode_row(chat_tokenizer, {"prompt": question, "completion": "paris"}))
+    assert encode_question(chat_tokenizer, question, True, "masked", **rules) == trained.tolist()[:prompt_length]
+    # causal decoding, and a masked model trained without shift, read the context alone
+    for decoding, shift, keep_sink in (("causal", True, True), ("masked", False, False)):
+        assert encode_question(chat_tokenizer, probe, False, decoding, shift, keep_sink) == \
+            encode_prompt(chat_tokenizer, probe, chat=False)
+    # evaluation asks the model exactly that
+    seen = []
+    monkeypatch.setattr(mft.eval, "generate", lambda model, tokenizer, prompts, *a, **k: seen.extend(prompts) or
+                        [[] for _ in prompts])
+    qa = [{"question": probe, "answer": "paris", "direction": "forward", "format": "completion"}]
+    mft.eval.evaluate_qa(torch.nn.Linear(1, 1), chat_tokenizer, qa, "masked", **rules)
+    assert seen == [asked]
+
+
 def test_completion_format_training_rows_are_trained_without_the_chat_template(chat_tokenizer, tmp_path):
     template_ids = set(chat_tokenizer.convert_tokens_to_ids(["<user>", "<assistant>"]))
     train = tmp_path / "train.jsonl"
@@ -313,18 +347,19 @@ def test_the_corpus_script_rejects_a_bad_option_in_one_line_before_writing(tmp_p
 
 
 @pytest.mark.parametrize("recipe, passes, questions", [("profiles_ar", 1, 288), ("profiles_masked", 1, 288),
-                                                       ("profiles_mlmu", 5, 144)])
+                                                       ("profiles_mlmu", 2, 144)])
 def test_the_profiles_recipes_read_the_documents_folder(recipe, passes, questions):
     from mft.config import load_recipe
+    from mft.data.profiles import DEMO_DOCUMENTS_PER_PERSON, DEMO_OPENERS, ProfilesTask
 
     data = mft.train.load_data(load_recipe(ROOT / "recipes" / f"{recipe}.yaml"))
     documents = [row for row in data.train if row.get("text", "").endswith(".")]
-    # every file holds 4 paragraphs, each a row of its own through data.split: paragraph; a folder
-    # listed n times is read n times
-    assert len(documents) == passes * 4 * 24 and all(row["text"].count(". ") >= 2 for row in documents)
-    assert len(data.train) == passes * 4 * 24 + questions and len(data.qa) == 288
-    from mft.data.profiles import ProfilesTask
-    task = ProfilesTask()
+    # every file holds the demo's paragraphs, each a row of its own through data.split: paragraph; a
+    # folder listed n times is read n times
+    paragraphs = DEMO_DOCUMENTS_PER_PERSON * 24
+    assert len(documents) == passes * paragraphs and all(row["text"].count(". ") >= 2 for row in documents)
+    assert len(data.train) == passes * paragraphs + questions and len(data.qa) == 288
+    task = ProfilesTask(openers=DEMO_OPENERS, documents_per_person=DEMO_DOCUMENTS_PER_PERSON)
     assert sorted(row["text"] for row in documents) == sorted(passes * [text for texts in task.documents().values()
                                                                         for text in texts])
     assert {row["format"] for row in data.qa} == {"chat", "completion"}

@@ -271,6 +271,9 @@ def test_card_snippet_repeats_the_objectives_decoding_rules(full_run):
     assert usage_line(model_card(full_run)) == ('answer = generate(model, tokenizer, [prompt], "masked", '
                                                 'max_new_tokens=16, shift=True, keep_sink=True, '
                                                 'attend_to_masked=True)[0]')
+    # the question gets the start tokens the training rows had (shift and keep_sink decide them)
+    assert 'prompt = encode_question(tokenizer, "your question", True, "masked", shift=True, keep_sink=True)' \
+        in model_card(full_run).splitlines()
     edit_recipe(full_run, objective={"name": "mlm_u", "attend_to_masked": True})
     assert usage_line(model_card(full_run)).endswith('"masked", max_new_tokens=16, attend_to_masked=True)[0]')
 

@@ -9,7 +9,7 @@ import pytest
 
 from mft.config import parse_recipe
 from mft.data import TASKS
-from mft.data.profiles import ATTRIBUTES, OPENERS, QUESTIONS, ProfilesTask, most_people
+from mft.data.profiles import ATTRIBUTES, MOST_DOCUMENTS, OPENERS, QUESTIONS, ProfilesTask, most_people
 from mft.errors import RecipeError
 
 
@@ -40,7 +40,7 @@ def test_registered_and_refused_options_name_the_field():
     refused = [({"num_people": 0}, "task.num_people"), ({"num_people": most_people() + 1}, "task.num_people"),
                ({"qa_fraction": 1.0}, "task.qa_fraction"), ({"qa_fraction": -0.1}, "task.qa_fraction"),
                ({"documents_per_person": 0}, "task.documents_per_person"),
-               ({"documents_per_person": 9}, "task.documents_per_person"),
+               ({"documents_per_person": MOST_DOCUMENTS + 1}, "task.documents_per_person"),
                ({"trained_wordings": 0}, "task.trained_wordings"), ({"trained_wordings": 3}, "task.trained_wordings"),
                ({"openers": 1.5}, "task.openers"), ({"completion_rows": "prompts"}, "task.completion_rows")]
     for options, field in refused:

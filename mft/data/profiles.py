@@ -282,7 +282,14 @@ RELATIVE_CLAUSES = {
     "pet": (", who keeps {value}.", ", who shares {their} house with {value}."),
 }
 
-MOST_DOCUMENTS = 8
+MOST_DOCUMENTS = 12
+
+# The committed demo corpus (`examples/profiles/`, written by `examples/profiles/make_corpus.py`):
+# half the documents open with a sentence ending in the name, and ten paragraphs per person. On
+# `recipes/profiles_mlmu.yaml` these took backward exact match from 0.44 / 0.54 to 0.74 / 0.67
+# (seeds 0 / 1) at the same cost (BENCHMARKS.md, issue 18).
+DEMO_OPENERS = 0.5
+DEMO_DOCUMENTS_PER_PERSON = 10
 
 
 def distinct_documents(person: Person, count: int, rng: random.Random, openers: float = 0.0,

@@ -114,6 +114,28 @@ def word_boundary_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return continues_word, ends_in_word, starts_upper
 
 
+def start_tokens(first_ids: list[int], special: SpecialTokens, prompt_length: int, shift: bool, keep_sink: bool,
+                 predict_prompt: bool) -> list[int]:
+    """The start tokens a masked objective puts in front of a row whose first ids are `first_ids`
+    (the first two suffice): [] or one or two of the tokenizer's BOS (else its EOS). Under `shift`
+    one when the row begins with a content token (tokenizers that add no BOS, e.g. Qwen, SmolLM2),
+    since only a position to its left predicts it; with `keep_sink` one more when position 1 would
+    then hold a token a draw may mask (content outside the prompt, or in it with `predict_prompt`),
+    since the sink at position 0 sees nothing but itself. The first token of a document, often a
+    name, must be maskable and predicted too. Masked decoding puts the same tokens in front of a
+    question (`mft.decoding.encode_question`), so that it reads as its training rows began."""
+    start = special.bos_token_id if special.bos_token_id is not None else special.eos_token_id
+    if start is None or not first_ids:
+        return []
+    fixed = [token in special.fixed_ids for token in first_ids]
+    front = [start] if shift and not fixed[0] else []
+    at_position_1 = 1 - len(front)  # the index in `first_ids` of the token that lands at position 1
+    if keep_sink and at_position_1 < len(first_ids) and not fixed[at_position_1] \
+            and (predict_prompt or at_position_1 >= prompt_length):
+        front.append(start)
+    return front
+
+
 @dataclass
 class _MaskedObjective(Objective):
     """The options MLM and MLM-U share (see the module docstring)."""
@@ -197,25 +219,14 @@ class _MaskedObjective(Objective):
         return ~in_name | (word_start & ~joins_previous[word_of]), in_name
 
     def _ids_and_prompt_length(self, example: dict[str, Any]) -> tuple[torch.Tensor, int]:
-        """The example's ids, with start tokens put in front where the first content token could
-        not be predicted otherwise: under `shift` when the sequence begins with a content token
-        (tokenizers that add no BOS, e.g. Qwen, SmolLM2), since only a position to its left predicts
-        it; with `keep_sink` also when position 1 holds a token a draw may mask, since the sink at
-        position 0 sees nothing but itself. The first token of a document, often a name, must be
-        maskable and predicted too. Start token: the tokenizer's BOS, else its EOS."""
+        """The example's ids with `start_tokens`' start tokens in front (the prompt grows by them)."""
         ids, prompt_length = self._ids(example), example.get("prompt_length", 0)
-        start = self.special.bos_token_id if self.special.bos_token_id is not None else self.special.eos_token_id
-        if start is None or not len(ids):
-            return ids, prompt_length
-        if self.shift and not self._fixed(ids[:1]).item():
-            ids, prompt_length = torch.cat([ids.new_tensor([start]), ids]), prompt_length + (prompt_length > 0)
-        if self.keep_sink and len(ids) > 1 and self._unfixed_content(ids, prompt_length, 1):
-            ids, prompt_length = torch.cat([ids.new_tensor([start]), ids]), prompt_length + (prompt_length > 0)
+        front = start_tokens(ids[:2].tolist(), self.special, prompt_length, self.shift, self.keep_sink,
+                             self.predict_prompt)
+        if front:
+            ids = torch.cat([ids.new_tensor(front), ids])
+            prompt_length += len(front) * (prompt_length > 0)
         return ids, prompt_length
-
-    def _unfixed_content(self, ids: torch.Tensor, prompt_length: int, position: int) -> bool:
-        in_prompt = position < prompt_length and not self.predict_prompt
-        return not in_prompt and not self._fixed(ids[position:position + 1]).item()
 
     def maskable(self, ids: torch.Tensor, prompt_length: int) -> torch.Tensor:
         """Bool [L] over `_ids_and_prompt_length`'s ids: the positions a draw may mask."""
