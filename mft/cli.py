@@ -21,8 +21,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                                    "name or a Hub id in the local cache")
     parser.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompts (default: one per line on stdin)")
     parser.add_argument("--format", choices=["chat", "completion"], default=None,
-                        help="chat: a user turn of the chat template; completion: a raw text prefix, continued "
-                          "(default: chat when the model was trained with a chat template)")
+                        help="chat (default): a question, in a user turn of the chat template when the model "
+                             "has one; completion: a raw text prefix, continued")
     parser.add_argument("--decoding", choices=list(DECODINGS), default=None, help="default: the model's decoding spec")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's decoding spec")
     parser.add_argument("--batch-size", type=int, default=32)

@@ -45,9 +45,10 @@ class TrainedModel:
     def generate(self, prompts: str | list[str], *, format: str | None = None, decoding: str | None = None,
                  max_new_tokens: int | None = None, batch_size: int = 32, slots_only: bool = True,
                  threshold: float | None = None, prompt_cache: bool = False, answer_cache: bool = False) -> list[str]:
-        """Greedy answers to `prompts` (a string or a list), in order. `format`: "chat" (a user turn
-        of the chat template, when the model was trained with one; the spec's default) or
-        "completion" (a raw text prefix, continued). `decoding` and `max_new_tokens` default to
+        """Greedy answers to `prompts` (a string or a list), in order. `format`: "chat" (the default, as
+        for a QA row: a question, in a user turn of the chat template when the model has one, read
+        as its prompt/completion training rows began) or "completion" (a raw text prefix, continued
+        as a document is). `decoding` and `max_new_tokens` default to
         the spec's. Prompts of different lengths are decoded together, `batch_size` at a time.
         `slots_only`, `threshold`, `prompt_cache`, `answer_cache`: masked decoding's speed options
         (`mft.decoding.generate`)."""
@@ -56,7 +57,7 @@ class TrainedModel:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         decoding = decoding or self.spec.decoding
         max_new_tokens = self.spec.max_new_tokens if max_new_tokens is None else max_new_tokens
-        format = format or ("chat" if self.spec.chat else "completion")
+        format = format or "chat"
         check_request(self, prompts, format, decoding, max_new_tokens, batch_size)
         was_training = self.model.training
         self.model.eval()

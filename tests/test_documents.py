@@ -339,7 +339,7 @@ def test_the_committed_profiles_corpus_is_what_the_script_writes(tmp_path):
 def test_the_corpus_script_rejects_a_bad_option_in_one_line_before_writing(tmp_path):
     script = ROOT / "examples" / "profiles" / "make_corpus.py"
     out = tmp_path / "corpus"
-    done = subprocess.run([sys.executable, str(script), "--out", str(out), "--opener-facts"], capture_output=True,
+    done = subprocess.run([sys.executable, str(script), "--out", str(out), "--openers", "0", "--opener-facts"], capture_output=True,
                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0 and "task.openers > 0" in done.stderr

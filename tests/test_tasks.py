@@ -193,7 +193,7 @@ def test_incorrect_inference_rate_is_reported(monkeypatch):
           {"question": "q2", "answer": "d", "direction": "forward", "incorrect_answer": "f"},
           {"question": "q3", "answer": "g", "direction": "backward", "incorrect_answer": "i"}]
     answers = {"q1": "c", "q2": "d", "q3": "i"}
-    monkeypatch.setattr(mft_eval, "encode_prompt", lambda tokenizer, question, chat=True: question)
+    monkeypatch.setattr(mft_eval, "encode_question", lambda tokenizer, question, *rules: question)
     monkeypatch.setattr(mft_eval, "generate", lambda model, tokenizer, prompts, *a, **k: [answers[p] for p in prompts])
     tokenizer = type("Tokenizer", (), {"decode": staticmethod(lambda text, skip_special_tokens=True: text)})()
     model = torch.nn.Linear(1, 1)
