@@ -24,7 +24,7 @@ import argparse
 from pathlib import Path
 
 from mft.data import write_jsonl
-from mft.data.profiles import DEMO_DOCUMENTS_PER_PERSON, DEMO_OPENERS, ProfilesTask
+from mft.data.profiles import DEMO_DOCUMENTS_PER_PERSON, DEMO_OPENERS, MOST_DOCUMENTS, ProfilesTask
 from mft.errors import RecipeError
 
 
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--opener-facts", action="store_true",
                         help="openers go on with the first fact after the name (\"..., who was born in X.\")")
     parser.add_argument("--documents-per-person", type=int, default=DEMO_DOCUMENTS_PER_PERSON,
-                        help="paragraphs per person, each with its own sentence order and wording (at most 12)")
+                        help=f"paragraphs per person, each with its own sentence order and wording (at most {MOST_DOCUMENTS})")
     args = parser.parse_args()
     try:
         write_corpus(Path(args.out), args.num_people, args.seed, args.openers, args.opener_facts,
